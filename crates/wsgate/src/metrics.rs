@@ -1,0 +1,257 @@
+//! Prometheus metrics (`GET /metrics`).
+//!
+//! Counters and gauges are prometheus-client atomics. The publish-to-write
+//! latency histogram is our own lock-free [`LatencyHistogram`] because
+//! prometheus-client's histogram takes a mutex per observation, and it is
+//! observed once per delivered frame.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Bucket upper bounds in seconds: 50 µs … 10 s.
+const BOUNDS: [f64; 16] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 10.0,
+];
+const BOUNDS_NS: [u64; 16] = [
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    10_000_000_000,
+];
+
+/// A fixed-bucket histogram of durations with atomic counters. Clones share
+/// the same counters.
+#[derive(Debug, Default, Clone)]
+pub struct LatencyHistogram {
+    inner: std::sync::Arc<HistogramInner>,
+}
+
+#[derive(Debug, Default)]
+struct HistogramInner {
+    /// One more than the bounds: the +Inf bucket.
+    buckets: [AtomicU64; 17],
+    sum_ns: AtomicU64,
+    count: AtomicU64,
+}
+
+impl LatencyHistogram {
+    pub fn observe_ns(&self, ns: u64) {
+        let i = BOUNDS_NS
+            .iter()
+            .position(|b| ns <= *b)
+            .unwrap_or(BOUNDS_NS.len());
+        let h = &self.inner;
+        h.buckets[i].fetch_add(1, Ordering::Relaxed);
+        h.sum_ns.fetch_add(ns, Ordering::Relaxed);
+        h.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.inner.count.load(Ordering::Relaxed)
+    }
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let mut buckets = [(0.0, 0u64); 17];
+        for (i, b) in buckets.iter_mut().enumerate() {
+            *b = (
+                BOUNDS.get(i).copied().unwrap_or(f64::MAX),
+                self.inner.buckets[i].load(Ordering::Relaxed),
+            );
+        }
+        let sum = self.inner.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, self.count(), &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// Every metric the node exports. Cloning a handle is cheap (Arc inside).
+pub struct Metrics {
+    pub connections: Gauge,
+    pub connections_total: Counter,
+    pub subscriptions: Gauge,
+    pub topics: Gauge,
+    pub messages_in: Counter,
+    pub messages_out: Counter,
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+    pub publications: Counter,
+    pub deliveries_dropped: Counter,
+    pub slow_consumer_disconnects: Counter,
+    pub ping_timeouts: Counter,
+    pub rejected_connections: Counter,
+    pub protocol_errors: Counter,
+    pub publish_to_write: LatencyHistogram,
+    registry: Registry,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("wsgate");
+        macro_rules! reg {
+            ($name:literal, $help:literal, $m:expr) => {{
+                let m = $m;
+                registry.register($name, $help, m.clone());
+                m
+            }};
+        }
+        let connections = reg!(
+            "connections",
+            "WebSocket connections open now",
+            Gauge::default()
+        );
+        let connections_total = reg!(
+            "connections",
+            "WebSocket connections accepted since start",
+            Counter::default()
+        );
+        let subscriptions = reg!(
+            "subscriptions",
+            "Subscriptions held by connections on this node",
+            Gauge::default()
+        );
+        let topics = reg!(
+            "topics",
+            "Distinct topics and patterns with a subscriber on this node",
+            Gauge::default()
+        );
+        let messages_in = reg!(
+            "messages_in",
+            "WebSocket messages received from clients",
+            Counter::default()
+        );
+        let messages_out = reg!(
+            "messages_out",
+            "WebSocket text messages written to clients",
+            Counter::default()
+        );
+        let bytes_in = reg!(
+            "bytes_in",
+            "Payload bytes received from clients",
+            Counter::default()
+        );
+        let bytes_out = reg!(
+            "bytes_out",
+            "Payload bytes written to clients",
+            Counter::default()
+        );
+        let publications = reg!(
+            "publications",
+            "Messages accepted for fan-out (publish, broadcast, HTTP API, backbone)",
+            Counter::default()
+        );
+        let deliveries_dropped = reg!(
+            "deliveries_dropped",
+            "Deliveries dropped because a subscriber's queue was full",
+            Counter::default()
+        );
+        let slow_consumer_disconnects = reg!(
+            "slow_consumer_disconnects",
+            "Connections closed because their outbound queue overflowed",
+            Counter::default()
+        );
+        let ping_timeouts = reg!(
+            "ping_timeouts",
+            "Connections closed because the peer stopped answering pings",
+            Counter::default()
+        );
+        let rejected_connections = reg!(
+            "rejected_connections",
+            "WebSocket upgrades refused (connection limit, shutdown)",
+            Counter::default()
+        );
+        let protocol_errors = reg!(
+            "protocol_errors",
+            "Requests answered with a JSON-RPC error",
+            Counter::default()
+        );
+        let publish_to_write = LatencyHistogram::default();
+        registry.register(
+            "publish_to_write_seconds",
+            "Time from accepting a publication to writing it to a subscriber's socket",
+            publish_to_write.clone(),
+        );
+        Metrics {
+            connections,
+            connections_total,
+            subscriptions,
+            topics,
+            messages_in,
+            messages_out,
+            bytes_in,
+            bytes_out,
+            publications,
+            deliveries_dropped,
+            slow_consumer_disconnects,
+            ping_timeouts,
+            rejected_connections,
+            protocol_errors,
+            publish_to_write,
+            registry,
+        }
+    }
+
+    /// Renders the Prometheus/OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_and_render() {
+        let m = Metrics::new();
+        m.publish_to_write.observe_ns(40_000);
+        m.publish_to_write.observe_ns(3_000_000);
+        m.publish_to_write.observe_ns(60_000_000_000);
+        m.connections.inc();
+        let text = m.render();
+        assert!(text.contains("wsgate_connections 1"), "{text}");
+        assert!(
+            text.contains("wsgate_publish_to_write_seconds_bucket{le=\"5e-5\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wsgate_publish_to_write_seconds_bucket{le=\"0.005\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wsgate_publish_to_write_seconds_count 3"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,203 @@
+//! The bounded outbound queue between publishers and one connection's task.
+//!
+//! Publishers (the hub's fan-out, on any thread) push shared, already encoded
+//! frames; the connection task takes everything queued in one go and writes it
+//! with a single flush (write coalescing). The queue is bounded by message
+//! count and by bytes. When full, the [`SlowConsumerPolicy`] decides: close the
+//! connection (default) or drop the oldest queued frames.
+//!
+//! The lock is a short critical section (a `VecDeque` push); it is never held
+//! across an `.await`.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+/// What to do when a connection's outbound queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SlowConsumerPolicy {
+    /// Close the connection with close code 4000 ("slow consumer").
+    #[default]
+    Disconnect,
+    /// Drop the oldest queued frames to make room; counted in
+    /// `wsgate_deliveries_dropped_total`.
+    DropOldest,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    pub max_messages: usize,
+    pub max_bytes: usize,
+    pub policy: SlowConsumerPolicy,
+}
+
+/// One text frame waiting to be written.
+pub struct Frame {
+    pub payload: Utf8Bytes,
+    /// When the hub accepted the publication (for the publish-to-write
+    /// histogram); `None` for responses to the client's own requests.
+    pub published_at: Option<Instant>,
+}
+
+/// Outcome of [`Outbound::push`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pushed {
+    Queued,
+    /// Queued after dropping this many older frames (drop-oldest policy).
+    DroppedOldest(usize),
+    /// The queue overflowed under the disconnect policy; the frame was not
+    /// queued and the connection is now marked closed.
+    Overflow,
+    /// The connection is already closing; nothing was queued.
+    Closed,
+}
+
+#[derive(Default)]
+struct State {
+    frames: VecDeque<Frame>,
+    bytes: usize,
+    closed: bool,
+}
+
+/// A connection's outbound queue; shared between the hub and the connection task.
+pub struct Outbound {
+    state: Mutex<State>,
+    notify: Notify,
+    limits: QueueLimits,
+}
+
+impl Outbound {
+    pub fn new(limits: QueueLimits) -> Self {
+        Outbound {
+            state: Mutex::new(State::default()),
+            notify: Notify::new(),
+            limits,
+        }
+    }
+
+    pub fn push(&self, frame: Frame) -> Pushed {
+        let len = frame.payload.len();
+        let mut st = self.state.lock();
+        if st.closed {
+            return Pushed::Closed;
+        }
+        let mut dropped = 0;
+        while !st.frames.is_empty()
+            && (st.frames.len() >= self.limits.max_messages
+                || st.bytes + len > self.limits.max_bytes)
+        {
+            match self.limits.policy {
+                SlowConsumerPolicy::Disconnect => {
+                    st.closed = true;
+                    st.frames.clear();
+                    st.bytes = 0;
+                    drop(st);
+                    self.notify.notify_one();
+                    return Pushed::Overflow;
+                }
+                SlowConsumerPolicy::DropOldest => {
+                    if let Some(old) = st.frames.pop_front() {
+                        st.bytes -= old.payload.len();
+                        dropped += 1;
+                    }
+                }
+            }
+        }
+        let was_empty = st.frames.is_empty();
+        st.bytes += len;
+        st.frames.push_back(frame);
+        drop(st);
+        if was_empty {
+            self.notify.notify_one();
+        }
+        if dropped > 0 {
+            Pushed::DroppedOldest(dropped)
+        } else {
+            Pushed::Queued
+        }
+    }
+
+    /// Moves every queued frame into `out` (which should be empty) and
+    /// reports whether the queue was closed by an overflow.
+    pub fn take_all(&self, out: &mut VecDeque<Frame>) -> bool {
+        let mut st = self.state.lock();
+        std::mem::swap(&mut st.frames, out);
+        st.bytes = 0;
+        st.closed
+    }
+
+    /// Marks the queue closed: later pushes are refused.
+    pub fn close(&self) {
+        self.state.lock().closed = true;
+        self.notify.notify_one();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.state.lock().closed
+    }
+
+    /// Resolves when something was pushed (or the queue closed) since the
+    /// last `take_all`.
+    pub async fn ready(&self) {
+        self.notify.notified().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(s: &'static str) -> Frame {
+        Frame {
+            payload: Utf8Bytes::from_static(s),
+            published_at: None,
+        }
+    }
+
+    #[test]
+    fn disconnect_policy_closes_on_overflow() {
+        let q = Outbound::new(QueueLimits {
+            max_messages: 2,
+            max_bytes: 1024,
+            policy: SlowConsumerPolicy::Disconnect,
+        });
+        assert_eq!(q.push(frame("a")), Pushed::Queued);
+        assert_eq!(q.push(frame("b")), Pushed::Queued);
+        assert_eq!(q.push(frame("c")), Pushed::Overflow);
+        assert_eq!(q.push(frame("d")), Pushed::Closed);
+        let mut out = VecDeque::new();
+        assert!(q.take_all(&mut out));
+        assert!(out.is_empty(), "an overflowed queue is discarded");
+    }
+
+    #[test]
+    fn drop_oldest_keeps_newest_within_bytes() {
+        let q = Outbound::new(QueueLimits {
+            max_messages: 100,
+            max_bytes: 4,
+            policy: SlowConsumerPolicy::DropOldest,
+        });
+        assert_eq!(q.push(frame("aa")), Pushed::Queued);
+        assert_eq!(q.push(frame("bb")), Pushed::Queued);
+        assert_eq!(q.push(frame("cc")), Pushed::DroppedOldest(1));
+        let mut out = VecDeque::new();
+        assert!(!q.take_all(&mut out));
+        let got: Vec<&str> = out.iter().map(|f| f.payload.as_str()).collect();
+        assert_eq!(got, ["bb", "cc"]);
+    }
+
+    #[test]
+    fn a_single_frame_larger_than_the_byte_limit_is_still_accepted() {
+        let q = Outbound::new(QueueLimits {
+            max_messages: 10,
+            max_bytes: 1,
+            policy: SlowConsumerPolicy::Disconnect,
+        });
+        assert_eq!(q.push(frame("large")), Pushed::Queued);
+    }
+}

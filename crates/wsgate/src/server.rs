@@ -1,0 +1,356 @@
+//! HTTP surface: the WebSocket upgrade, the HTTP publish API, health,
+//! readiness, metrics and the demo chat page; plus the accept loop used by
+//! `wsgate serve`.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::net::TcpListener;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_util::task::TaskTracker;
+
+use crate::broker::{Publication, Target};
+use crate::error::Error;
+use crate::topic::Topic;
+use crate::{Gateway, Shared, session};
+
+const INDEX_HTML: &str = include_str!("../assets/index.html");
+
+/// The gateway's routes, to serve alone or to nest in an application's router.
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/ws", get(ws_upgrade))
+        .route("/api/publish", post(api_publish))
+        .route("/api/broadcast", post(api_broadcast))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(shared)
+}
+
+async fn index() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        INDEX_HTML,
+    )
+}
+
+fn json(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Maps an [`Error`] to an HTTP response with a JSON body.
+fn error_response(e: &Error) -> Response {
+    let body = serde_json::json!({"error": {"code": e.rpc_code(), "message": e.to_string()}});
+    json(e.http_status(), body.to_string())
+}
+
+async fn healthz() -> Response {
+    json(StatusCode::OK, r#"{"status":"ok"}"#.into())
+}
+
+async fn readyz(State(gw): State<Arc<Shared>>) -> Response {
+    let broker = gw.broker.name();
+    if gw.shutdown.is_cancelled() {
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(r#"{{"status":"shutting down","broker":"{broker}"}}"#),
+        )
+    } else if gw.broker.is_ready() {
+        json(
+            StatusCode::OK,
+            format!(r#"{{"status":"ready","broker":"{broker}"}}"#),
+        )
+    } else {
+        json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(r#"{{"status":"backbone unavailable","broker":"{broker}"}}"#),
+        )
+    }
+}
+
+async fn metrics(State(gw): State<Arc<Shared>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        gw.metrics.render(),
+    )
+        .into_response()
+}
+
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+async fn ws_upgrade(State(gw): State<Arc<Shared>>, req: Request) -> Response {
+    let headers = req.headers();
+    if !header_has_token(headers, header::CONNECTION, "upgrade")
+        || !header_has_token(headers, header::UPGRADE, "websocket")
+    {
+        return (
+            StatusCode::UPGRADE_REQUIRED,
+            [(header::UPGRADE, "websocket")],
+            "this endpoint speaks WebSocket (JSON-RPC 2.0); see docs/protocol.md\n",
+        )
+            .into_response();
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        return (
+            StatusCode::UPGRADE_REQUIRED,
+            [(header::SEC_WEBSOCKET_VERSION, "13")],
+            "unsupported WebSocket version; use 13\n",
+        )
+            .into_response();
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return (StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n").into_response();
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    if gw.shutdown.is_cancelled() {
+        gw.metrics.rejected_connections.inc();
+        return error_response(&Error::ShuttingDown);
+    }
+    let Some(permit) = Admission::try_new(&gw) else {
+        gw.metrics.rejected_connections.inc();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "5")],
+            "connection limit reached\n",
+        )
+            .into_response();
+    };
+    let on_upgrade = hyper::upgrade::on(req);
+    let cfg = gw.config.tungstenite();
+    let tracker = gw.sessions.clone();
+    tracker.spawn(async move {
+        let _permit = permit;
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(cfg),
+                )
+                .await;
+                session::run(ws, gw).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::UPGRADE, "websocket")
+        .header(header::CONNECTION, "upgrade")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(Body::empty())
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// Counts an admitted WebSocket connection against `limits.max_connections`.
+struct Admission(Arc<Shared>);
+
+impl Admission {
+    fn try_new(gw: &Arc<Shared>) -> Option<Self> {
+        let max = gw.config.limits.max_connections;
+        gw.admitted
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Admission(gw.clone()))
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.admitted.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The seam for API authentication (API keys arrive with the security work):
+/// every HTTP API call passes through here first.
+fn authorize_api(_gw: &Shared, _headers: &HeaderMap) -> Result<(), Error> {
+    Ok(())
+}
+
+async fn read_body(gw: &Shared, body: Body) -> Result<Bytes, Error> {
+    let limit = gw.config.limits.max_message_size;
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| Error::TooLarge { limit })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishBody<'a> {
+    #[serde(borrow)]
+    topic: Cow<'a, str>,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BroadcastBody<'a> {
+    #[serde(borrow)]
+    topics: Vec<Cow<'a, str>>,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+fn parse_body<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, Error> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            Error::Parse(e.to_string())
+        } else {
+            Error::InvalidParams(e.to_string())
+        }
+    })
+}
+
+fn topic(gw: &Shared, s: &str) -> Result<Topic, Error> {
+    Topic::parse(s, gw.config.limits.max_topic_length).map_err(|reason| Error::InvalidTopic {
+        topic: s.chars().take(300).collect(),
+        reason,
+    })
+}
+
+async fn api_publish(State(gw): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
+    let result: Result<(), Error> = async {
+        authorize_api(&gw, &headers)?;
+        let bytes = read_body(&gw, body).await?;
+        let p: PublishBody<'_> = parse_body(&bytes)?;
+        let topic = topic(&gw, &p.topic)?;
+        gw.publish(Publication {
+            target: Target::Topic(topic),
+            data: Bytes::copy_from_slice(p.data.get().as_bytes()),
+        })
+        .await?;
+        Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => json(StatusCode::OK, "{}".into()),
+        Err(e) => error_response(&e),
+    }
+}
+
+async fn api_broadcast(State(gw): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
+    let result: Result<usize, Error> = async {
+        authorize_api(&gw, &headers)?;
+        let bytes = read_body(&gw, body).await?;
+        let p: BroadcastBody<'_> = parse_body(&bytes)?;
+        let limit = gw.config.limits.max_topics_per_request;
+        if p.topics.is_empty() {
+            return Err(Error::InvalidParams(r#""topics" is empty"#.into()));
+        }
+        if p.topics.len() > limit {
+            return Err(Error::TooManyTopics {
+                count: p.topics.len(),
+                limit,
+            });
+        }
+        // Validate every topic before publishing any: all or nothing.
+        let topics = p
+            .topics
+            .iter()
+            .map(|t| topic(&gw, t))
+            .collect::<Result<Vec<_>, _>>()?;
+        let data = Bytes::copy_from_slice(p.data.get().as_bytes());
+        for t in &topics {
+            gw.publish(Publication {
+                target: Target::Topic(t.clone()),
+                data: data.clone(),
+            })
+            .await?;
+        }
+        Ok(topics.len())
+    }
+    .await;
+    match result {
+        Ok(n) => json(StatusCode::OK, format!(r#"{{"topics":{n}}}"#)),
+        Err(e) => error_response(&e),
+    }
+}
+
+/// Accepts HTTP/1.1 connections until `signal` resolves, then shuts the
+/// gateway down gracefully.
+pub(crate) async fn serve(
+    gw: &Gateway,
+    listener: TcpListener,
+    signal: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    let shared = gw.shared.clone();
+    let service = hyper_util::service::TowerToHyperService::new(gw.router());
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.config.limits.handshake_timeout)
+        .max_buf_size(16 * 1024);
+    let connections = TaskTracker::new();
+    tokio::pin!(signal);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            _ = &mut signal => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service.clone())
+            .with_upgrades();
+        let stop = shared.shutdown.clone();
+        connections.spawn(async move {
+            tokio::pin!(conn);
+            tokio::select! {
+                res = conn.as_mut() => {
+                    if let Err(e) = res {
+                        tracing::debug!(error = %e, "http connection error");
+                    }
+                    return;
+                }
+                _ = stop.cancelled() => {}
+            }
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    tracing::info!("stopped accepting; shutting down");
+    gw.shutdown().await;
+    connections.close();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), connections.wait()).await;
+    Ok(())
+}
