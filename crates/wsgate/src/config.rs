@@ -57,6 +57,8 @@ pub struct Limits {
     pub max_topics_per_request: usize,
     /// Requests in one JSON-RPC batch array.
     pub max_batch_requests: usize,
+    /// Deepest nesting of JSON arrays/objects in a message or API body.
+    pub max_json_depth: usize,
     /// Time allowed for a client to send its HTTP request head (slow-loris guard).
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
@@ -71,6 +73,7 @@ impl Default for Limits {
             max_topic_length: 256,
             max_topics_per_request: 1024,
             max_batch_requests: 64,
+            max_json_depth: 32,
             handshake_timeout: Duration::from_secs(10),
         }
     }
@@ -266,6 +269,7 @@ impl Config {
             max_topic_length: self.limits.max_topic_length,
             max_topics_per_request: self.limits.max_topics_per_request,
             max_batch_requests: self.limits.max_batch_requests,
+            max_json_depth: self.limits.max_json_depth,
         }
     }
 

@@ -74,7 +74,7 @@ impl EncodeMetric for LatencyHistogram {
         let mut buckets = [(0.0, 0u64); 17];
         for (i, b) in buckets.iter_mut().enumerate() {
             *b = (
-                BOUNDS.get(i).copied().unwrap_or(f64::MAX),
+                BOUNDS.get(i).copied().unwrap_or(f64::INFINITY),
                 self.inner.buckets[i].load(Ordering::Relaxed),
             );
         }
@@ -242,7 +242,7 @@ mod tests {
         let text = m.render();
         assert!(text.contains("wsgate_connections 1"), "{text}");
         assert!(
-            text.contains("wsgate_publish_to_write_seconds_bucket{le=\"5e-5\"} 1"),
+            text.contains("wsgate_publish_to_write_seconds_bucket{le=\"0.00005\"} 1"),
             "{text}"
         );
         assert!(

@@ -20,6 +20,8 @@ pub struct ParseLimits {
     pub max_topic_length: usize,
     pub max_topics_per_request: usize,
     pub max_batch_requests: usize,
+    /// Deepest nesting of arrays/objects accepted in a frame.
+    pub max_json_depth: usize,
 }
 
 /// One method call with validated parameters.
@@ -100,6 +102,12 @@ struct BroadcastParams<'a> {
 
 /// Parses one text frame.
 pub fn parse<'a>(frame: &'a str, limits: &ParseLimits) -> Incoming<'a> {
+    if nesting_exceeds(frame.as_bytes(), limits.max_json_depth) {
+        return Incoming::Invalid(Error::InvalidRequest(format!(
+            "JSON nests deeper than {} levels",
+            limits.max_json_depth
+        )));
+    }
     let trimmed = frame.trim_start();
     if trimmed.starts_with('[') {
         let items: Vec<&RawValue> = match serde_json::from_str(frame) {
@@ -130,6 +138,39 @@ pub fn parse<'a>(frame: &'a str, limits: &ParseLimits) -> Incoming<'a> {
         Err(e) => return Incoming::Invalid(Error::Parse(e.to_string())),
     };
     Incoming::Single(parse_one(value.get(), limits))
+}
+
+/// True if arrays/objects in `json` nest deeper than `max`. A byte scan
+/// (strings skipped); the payload is passed on to every subscriber's JSON
+/// parser, so depth is bounded before it is accepted.
+pub fn nesting_exceeds(json: &[u8], max: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_str = false;
+    let mut escaped = false;
+    for &b in json {
+        if in_str {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_str = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 fn invalid(msg: impl Into<String>) -> Request<'static> {
@@ -359,6 +400,7 @@ mod tests {
         max_topic_length: 256,
         max_topics_per_request: 4,
         max_batch_requests: 3,
+        max_json_depth: 8,
     };
 
     fn single(s: &str) -> Request<'_> {
@@ -476,6 +518,22 @@ mod tests {
         assert!(single(r#"{"jsonrpc":"2.0","method":"ping"}"#).id.is_none());
         let r = single(r#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#);
         assert_eq!(r.id.map(|i| i.get()), Some("null"));
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        assert!(!nesting_exceeds(br#"{"a":[[["x"]]]}"#, 4));
+        assert!(nesting_exceeds(br#"{"a":[[[["x"]]]]}"#, 4));
+        assert!(
+            !nesting_exceeds(br#"{"a":"[[[[[[[[[[\"[[[["}"#, 2),
+            "brackets in strings do not count"
+        );
+        let deep = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"ping","params":{}{}}}"#,
+            "[".repeat(9),
+            "]".repeat(9)
+        );
+        assert_eq!(err_code(&deep), code::INVALID_REQUEST);
     }
 
     #[test]

@@ -68,6 +68,8 @@ struct State {
 pub struct Outbound {
     state: Mutex<State>,
     notify: Notify,
+    /// Signalled when the connection task takes the queue.
+    drained: Notify,
     limits: QueueLimits,
 }
 
@@ -76,6 +78,7 @@ impl Outbound {
         Outbound {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
+            drained: Notify::new(),
             limits,
         }
     }
@@ -128,7 +131,32 @@ impl Outbound {
         let mut st = self.state.lock();
         std::mem::swap(&mut st.frames, out);
         st.bytes = 0;
-        st.closed
+        let closed = st.closed;
+        drop(st);
+        self.drained.notify_waiters();
+        closed
+    }
+
+    /// Resolves while the queue is at most half full (or closed). The
+    /// connection's reader awaits this before running a request, so a
+    /// client pipelining requests faster than it reads the responses is
+    /// slowed down by TCP backpressure instead of overflowing its queue.
+    pub async fn room_for_responses(&self) {
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            {
+                let st = self.state.lock();
+                if st.closed
+                    || (st.frames.len() < self.limits.max_messages / 2
+                        && st.bytes < self.limits.max_bytes / 2)
+                {
+                    return;
+                }
+            }
+            drained.await;
+        }
     }
 
     /// Marks the queue closed: later pushes are refused.

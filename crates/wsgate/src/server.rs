@@ -223,7 +223,13 @@ struct BroadcastBody<'a> {
     data: &'a RawValue,
 }
 
-fn parse_body<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, Error> {
+fn parse_body<'a, T: Deserialize<'a>>(gw: &Shared, bytes: &'a [u8]) -> Result<T, Error> {
+    let max = gw.config.limits.max_json_depth;
+    if crate::protocol::nesting_exceeds(bytes, max) {
+        return Err(Error::InvalidParams(format!(
+            "JSON nests deeper than {max} levels"
+        )));
+    }
     serde_json::from_slice(bytes).map_err(|e| {
         if e.is_syntax() || e.is_eof() {
             Error::Parse(e.to_string())
@@ -244,7 +250,7 @@ async fn api_publish(State(gw): State<Arc<Shared>>, headers: HeaderMap, body: Bo
     let result: Result<(), Error> = async {
         authorize_api(&gw, &headers)?;
         let bytes = read_body(&gw, body).await?;
-        let p: PublishBody<'_> = parse_body(&bytes)?;
+        let p: PublishBody<'_> = parse_body(&gw, &bytes)?;
         let topic = topic(&gw, &p.topic)?;
         gw.publish(Publication {
             target: Target::Topic(topic),
@@ -264,7 +270,7 @@ async fn api_broadcast(State(gw): State<Arc<Shared>>, headers: HeaderMap, body: 
     let result: Result<usize, Error> = async {
         authorize_api(&gw, &headers)?;
         let bytes = read_body(&gw, body).await?;
-        let p: BroadcastBody<'_> = parse_body(&bytes)?;
+        let p: BroadcastBody<'_> = parse_body(&gw, &bytes)?;
         let limit = gw.config.limits.max_topics_per_request;
         if p.topics.is_empty() {
             return Err(Error::InvalidParams(r#""topics" is empty"#.into()));

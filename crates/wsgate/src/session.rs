@@ -132,11 +132,13 @@ where
         last_seen.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
         match msg {
             Ok(Message::Text(text)) => {
+                session.out.room_for_responses().await;
                 metrics.messages_in.inc();
                 metrics.bytes_in.inc_by(text.len() as u64);
                 session.handle_text(text.as_str()).await;
             }
             Ok(Message::Binary(bin)) => {
+                session.out.room_for_responses().await;
                 metrics.messages_in.inc();
                 metrics.bytes_in.inc_by(bin.len() as u64);
                 metrics.protocol_errors.inc();
