@@ -294,6 +294,8 @@ impl Config {
 }
 
 #[cfg(test)]
+// figment's Jail API fixes the closure's error type.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 

@@ -190,6 +190,8 @@ impl<V> WildcardTrie<V> {
 mod smallvec_tokens {
     const INLINE: usize = 16;
 
+    // A short-lived stack value; boxing the inline variant would defeat it.
+    #[allow(clippy::large_enum_variant)]
     pub enum Tokens<'a> {
         Inline([&'a str; INLINE], usize),
         Heap(Vec<&'a str>),

@@ -61,7 +61,7 @@ async fn subscribe_publish_unsubscribe() {
         r#"{"jsonrpc":"2.0","id":2,"method":"publish","params":{"topic":"chat.room1","data":{"text":"hi"}}}"#,
     )
     .await;
-    let mut got = vec![recv_json(&mut ws).await, recv_json(&mut ws).await];
+    let mut got = [recv_json(&mut ws).await, recv_json(&mut ws).await];
     got.sort_by_key(|v| v.get("id").is_none());
     assert_eq!(got[0], json!({"jsonrpc":"2.0","id":2,"result":{}}));
     assert_eq!(

@@ -30,8 +30,10 @@ impl TestServer {
     }
 
     pub async fn with(tweak: impl FnOnce(&mut Config)) -> TestServer {
-        let mut config = Config::default();
-        config.listen = "127.0.0.1:0".parse().unwrap();
+        let mut config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..Config::default()
+        };
         tweak(&mut config);
         config.validate().unwrap();
         let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
