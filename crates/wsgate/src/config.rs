@@ -107,7 +107,10 @@ impl Default for Outbound {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebSocket {
-    /// Initial per-connection read buffer (grows for larger frames).
+    /// Per-connection read buffer; also the most read per syscall for small
+    /// frames (a larger frame reserves its full size). Small keeps idle
+    /// connections cheap (docs/benchmarks.md); raise it for connections
+    /// that publish heavily over WebSocket.
     pub read_buffer_size: usize,
     /// Bytes buffered before a write is issued mid-batch; a batch is always
     /// flushed at its end.
@@ -123,7 +126,7 @@ pub struct WebSocket {
 impl Default for WebSocket {
     fn default() -> Self {
         WebSocket {
-            read_buffer_size: 4096,
+            read_buffer_size: 512,
             write_buffer_size: 64 * 1024,
             ping_interval: Duration::from_secs(25),
             ping_timeout: Duration::from_secs(20),
@@ -253,8 +256,8 @@ impl Config {
         if self.websocket.ping_interval.is_zero() || self.websocket.ping_timeout.is_zero() {
             return bad("websocket.ping_interval and ping_timeout must be positive");
         }
-        if self.websocket.read_buffer_size < 512 {
-            return bad("websocket.read_buffer_size must be at least 512");
+        if self.websocket.read_buffer_size < 256 {
+            return bad("websocket.read_buffer_size must be at least 256");
         }
         Ok(())
     }

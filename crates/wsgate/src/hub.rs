@@ -253,6 +253,13 @@ impl Hub {
         }
     }
 
+    /// Tells every connection the node is shutting down.
+    pub fn going_away(&self) {
+        for out in self.conns.read().values() {
+            out.going_away();
+        }
+    }
+
     /// Number of registered connections.
     pub fn connections(&self) -> usize {
         self.conns.read().len()

@@ -68,6 +68,20 @@ pub use topic::{Pattern, Topic, TopicError};
 use broker::{Publication, Target};
 use hub::Hub;
 
+/// Binds a listening socket with a backlog of 4096 connections (the OS caps
+/// it at `net.core.somaxconn`), so a burst of reconnecting clients is not
+/// turned away with SYN retries.
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
 /// State shared by every part of one node.
 pub(crate) struct Shared {
     pub(crate) config: Config,
@@ -145,6 +159,7 @@ impl Gateway {
     pub async fn shutdown(&self) -> bool {
         let s = &self.shared;
         s.shutdown.cancel();
+        s.hub.going_away();
         s.sessions.close();
         let grace = s.config.shutdown.grace;
         let done = tokio::time::timeout(grace, s.sessions.wait()).await.is_ok();

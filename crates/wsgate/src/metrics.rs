@@ -129,7 +129,7 @@ impl Metrics {
             Gauge::default()
         );
         let connections_total = reg!(
-            "connections",
+            "connections_accepted",
             "WebSocket connections accepted since start",
             Counter::default()
         );

@@ -57,11 +57,25 @@ pub enum Pushed {
     Closed,
 }
 
+/// What [`Outbound::take_all`] reports besides the frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueState {
+    Open,
+    /// The queue overflowed under the disconnect policy.
+    Overflowed,
+    /// The node is shutting down: write what was taken, then close 1001.
+    GoingAway,
+}
+
 #[derive(Default)]
 struct State {
     frames: VecDeque<Frame>,
     bytes: usize,
+    /// No more pushes are accepted.
     closed: bool,
+    /// Set by [`Outbound::going_away`]; pushes are still accepted so that
+    /// what is in flight gets flushed.
+    going_away: bool,
 }
 
 /// A connection's outbound queue; shared between the hub and the connection task.
@@ -126,15 +140,35 @@ impl Outbound {
     }
 
     /// Moves every queued frame into `out` (which should be empty) and
-    /// reports whether the queue was closed by an overflow.
-    pub fn take_all(&self, out: &mut VecDeque<Frame>) -> bool {
+    /// reports the queue's state.
+    pub fn take_all(&self, out: &mut VecDeque<Frame>) -> QueueState {
         let mut st = self.state.lock();
         std::mem::swap(&mut st.frames, out);
         st.bytes = 0;
-        let closed = st.closed;
+        let state = if st.going_away {
+            QueueState::GoingAway
+        } else if st.closed {
+            QueueState::Overflowed
+        } else {
+            QueueState::Open
+        };
         drop(st);
         self.drained.notify_waiters();
-        closed
+        state
+    }
+
+    /// Tells the connection task that the node is shutting down.
+    pub fn going_away(&self) {
+        self.state.lock().going_away = true;
+        self.notify.notify_one();
+    }
+
+    /// True while the queue is at most half full (or closed).
+    pub fn has_room_for_responses(&self) -> bool {
+        let st = self.state.lock();
+        st.closed
+            || (st.frames.len() < self.limits.max_messages / 2
+                && st.bytes < self.limits.max_bytes / 2)
     }
 
     /// Resolves while the queue is at most half full (or closed). The
@@ -146,14 +180,8 @@ impl Outbound {
             let drained = self.drained.notified();
             tokio::pin!(drained);
             drained.as_mut().enable();
-            {
-                let st = self.state.lock();
-                if st.closed
-                    || (st.frames.len() < self.limits.max_messages / 2
-                        && st.bytes < self.limits.max_bytes / 2)
-                {
-                    return;
-                }
+            if self.has_room_for_responses() {
+                return;
             }
             drained.await;
         }
@@ -199,7 +227,7 @@ mod tests {
         assert_eq!(q.push(frame("c")), Pushed::Overflow);
         assert_eq!(q.push(frame("d")), Pushed::Closed);
         let mut out = VecDeque::new();
-        assert!(q.take_all(&mut out));
+        assert_eq!(q.take_all(&mut out), QueueState::Overflowed);
         assert!(out.is_empty(), "an overflowed queue is discarded");
     }
 
@@ -214,9 +242,24 @@ mod tests {
         assert_eq!(q.push(frame("bb")), Pushed::Queued);
         assert_eq!(q.push(frame("cc")), Pushed::DroppedOldest(1));
         let mut out = VecDeque::new();
-        assert!(!q.take_all(&mut out));
+        assert_eq!(q.take_all(&mut out), QueueState::Open);
         let got: Vec<&str> = out.iter().map(|f| f.payload.as_str()).collect();
         assert_eq!(got, ["bb", "cc"]);
+    }
+
+    #[test]
+    fn going_away_keeps_accepting_until_taken() {
+        let q = Outbound::new(QueueLimits {
+            max_messages: 10,
+            max_bytes: 1024,
+            policy: SlowConsumerPolicy::Disconnect,
+        });
+        q.push(frame("a"));
+        q.going_away();
+        assert_eq!(q.push(frame("b")), Pushed::Queued);
+        let mut out = VecDeque::new();
+        assert_eq!(q.take_all(&mut out), QueueState::GoingAway);
+        assert_eq!(out.len(), 2);
     }
 
     #[test]

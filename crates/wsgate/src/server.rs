@@ -147,7 +147,7 @@ async fn ws_upgrade(State(gw): State<Arc<Shared>>, req: Request) -> Response {
     let on_upgrade = hyper::upgrade::on(req);
     let cfg = gw.config.tungstenite();
     let tracker = gw.sessions.clone();
-    tracker.spawn(async move {
+    let fut = async move {
         let _permit = permit;
         match on_upgrade.await {
             Ok(upgraded) => {
@@ -161,7 +161,8 @@ async fn ws_upgrade(State(gw): State<Arc<Shared>>, req: Request) -> Response {
             }
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
-    });
+    };
+    tracker.spawn(fut);
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::UPGRADE, "websocket")

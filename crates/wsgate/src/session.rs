@@ -28,7 +28,7 @@ use crate::Shared;
 use crate::broker::{Publication, Target};
 use crate::error::{CloseReason, Error};
 use crate::protocol::{self, Call, Incoming, Request};
-use crate::queue::{Frame, Outbound, Pushed};
+use crate::queue::{Frame, Outbound, Pushed, QueueState};
 use crate::topic::Pattern;
 use crate::trie::ConnId;
 
@@ -60,6 +60,11 @@ where
     metrics.connections_total.inc();
     let out = Arc::new(Outbound::new(gw.config.queue_limits()));
     let id = gw.hub.register(out.clone());
+    // Shutdown marks every registered queue; a session registered after
+    // that sees the cancelled token instead.
+    if gw.shutdown.is_cancelled() {
+        out.going_away();
+    }
     let mut session = Session {
         id,
         out: out.clone(),
@@ -79,7 +84,21 @@ where
         }
     };
     tracing::debug!(conn = id, ?end, "session ending");
+    Box::pin(finish(end, sink, stream, session, out, gw)).await;
+    metrics.connections.dec();
+}
 
+/// Closes the socket as `end` requires and removes the connection's state.
+async fn finish<S>(
+    end: End,
+    mut sink: SplitSink<WebSocketStream<S>, Message>,
+    mut stream: SplitStream<WebSocketStream<S>>,
+    mut session: Session,
+    out: Arc<Outbound>,
+    gw: Arc<Shared>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     out.close();
     let write_timeout = gw.config.outbound.write_timeout;
     match end {
@@ -114,8 +133,7 @@ where
         }
     }
     let subs = std::mem::take(&mut session.subs);
-    gw.hub.unregister(id, subs).await;
-    metrics.connections.dec();
+    gw.hub.unregister(session.id, subs).await;
 }
 
 async fn read_loop<S>(
@@ -132,13 +150,16 @@ where
         last_seen.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
         match msg {
             Ok(Message::Text(text)) => {
-                session.out.room_for_responses().await;
+                session.wait_for_room().await;
                 metrics.messages_in.inc();
                 metrics.bytes_in.inc_by(text.len() as u64);
-                session.handle_text(text.as_str()).await;
+                // Boxed: an idle connection's future then carries only the
+                // read state, not the request-handling state (measured:
+                // docs/benchmarks.md, "memory per idle connection").
+                Box::pin(session.handle_text(text.as_str())).await;
             }
             Ok(Message::Binary(bin)) => {
-                session.out.room_for_responses().await;
+                session.wait_for_room().await;
                 metrics.messages_in.inc();
                 metrics.bytes_in.inc_by(bin.len() as u64);
                 metrics.protocol_errors.inc();
@@ -194,15 +215,18 @@ where
     loop {
         tokio::select! {
             biased;
-            _ = gw.shutdown.cancelled() => return End::Close(CloseReason::GoingAway),
             _ = out.ready() => {
-                if out.take_all(&mut batch) {
+                let state = out.take_all(&mut batch);
+                if state == QueueState::Overflowed {
                     return End::Close(CloseReason::SlowConsumer);
                 }
-                match timeout(write_timeout, write_batch(sink, &mut batch, gw)).await {
+                match Box::pin(timeout(write_timeout, write_batch(sink, &mut batch, gw))).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return End::Gone,
                     Err(_) => return End::Close(CloseReason::WriteTimeout),
+                }
+                if state == QueueState::GoingAway {
+                    return End::Close(CloseReason::GoingAway);
                 }
             }
             _ = ping.tick() => {
@@ -212,7 +236,7 @@ where
                     gw.metrics.ping_timeouts.inc();
                     return End::Close(CloseReason::PingTimeout);
                 }
-                match timeout(write_timeout, sink.send(Message::Ping(Bytes::new()))).await {
+                match Box::pin(timeout(write_timeout, sink.send(Message::Ping(Bytes::new())))).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return End::Gone,
                     Err(_) => return End::Close(CloseReason::WriteTimeout),
@@ -260,6 +284,14 @@ where
 }
 
 impl Session {
+    /// Backpressure on requests (see [`Outbound::room_for_responses`]); the
+    /// wait is boxed so idle connections do not carry its state.
+    async fn wait_for_room(&self) {
+        if !self.out.has_room_for_responses() {
+            Box::pin(self.out.room_for_responses()).await;
+        }
+    }
+
     fn respond(&self, text: String) {
         let pushed = self.out.push(Frame {
             payload: Utf8Bytes::from(text),

@@ -163,7 +163,10 @@ async fn health_readiness_and_metrics() {
     let c = server.client().await;
     c.subscribe(&["m.a", "m.*"]).await.unwrap();
     assert_eq!(server.metric("wsgate_connections").await, 1.0);
-    assert_eq!(server.metric("wsgate_connections_total").await, 1.0);
+    assert_eq!(
+        server.metric("wsgate_connections_accepted_total").await,
+        1.0
+    );
     assert_eq!(server.metric("wsgate_subscriptions").await, 2.0);
     assert_eq!(server.metric("wsgate_topics").await, 2.0);
     c.publish("m.a", &"x").await.unwrap();
