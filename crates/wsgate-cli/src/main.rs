@@ -136,7 +136,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     tracing::info!(
         %local,
-        broker = "memory",
+        broker = gateway.broker_name(),
         "wsgate listening: chat demo at http://{local}/, WebSocket at ws://{local}/ws"
     );
     gateway.serve(listener, shutdown_signal()).await?;

@@ -11,6 +11,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+pub use crate::broker::BrokerConfig;
 use crate::protocol::ParseLimits;
 use crate::queue::{QueueLimits, SlowConsumerPolicy};
 
@@ -148,15 +149,6 @@ impl Default for Shutdown {
             grace: Duration::from_secs(10),
         }
     }
-}
-
-/// Which backbone carries messages between nodes.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum BrokerConfig {
-    /// Embedded in-memory broker: a single node.
-    #[default]
-    Memory,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Default)]

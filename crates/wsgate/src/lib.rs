@@ -16,7 +16,8 @@
 //! * [`hub`] — topic → connections, fan-out, reference-counted backbone
 //!   interest.
 //! * [`broker`] — the backbone trait and the embedded in-memory broker.
-//! * `session` — the task that owns one socket.
+//! * `session` — the task that owns one socket (I/O).
+//! * `rpc` — a connection's protocol state and the method implementations.
 //! * `server` — HTTP routes, the WebSocket upgrade, the accept loop.
 //! * [`config`], [`metrics`], [`error`] — configuration layers, Prometheus
 //!   metrics, and the single mapping of errors to JSON-RPC codes, HTTP
@@ -44,6 +45,7 @@ pub mod hub;
 pub mod metrics;
 pub mod protocol;
 pub mod queue;
+mod rpc;
 mod server;
 mod session;
 pub mod topic;
@@ -114,9 +116,7 @@ impl Gateway {
         config
             .validate()
             .map_err(|e| Error::InvalidParams(e.to_string()))?;
-        let broker: Arc<dyn Broker> = match config.broker {
-            config::BrokerConfig::Memory => Arc::new(MemoryBroker::new()),
-        };
+        let broker = broker::from_config(&config.broker)?;
         Ok(Self::with_broker(config, broker))
     }
 
@@ -228,6 +228,11 @@ impl Gateway {
 
     pub fn metrics(&self) -> &Metrics {
         &self.shared.metrics
+    }
+
+    /// The backbone's name ("memory", "nats", ...).
+    pub fn broker_name(&self) -> &'static str {
+        self.shared.broker.name()
     }
 
     /// WebSocket connections currently open on this node.

@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::broker::{Publication, Target};
 use crate::error::Error;
+use crate::rpc::ConnInfo;
 use crate::topic::Topic;
 use crate::{Gateway, Shared, session};
 
@@ -104,6 +105,12 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
 }
 
 async fn ws_upgrade(State(gw): State<Arc<Shared>>, req: Request) -> Response {
+    let info = ConnInfo {
+        peer: req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0),
+    };
     let headers = req.headers();
     if !header_has_token(headers, header::CONNECTION, "upgrade")
         || !header_has_token(headers, header::UPGRADE, "websocket")
@@ -157,7 +164,7 @@ async fn ws_upgrade(State(gw): State<Arc<Shared>>, req: Request) -> Response {
                     Some(cfg),
                 )
                 .await;
-                session::run(ws, gw).await;
+                session::run(ws, gw, info).await;
             }
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
@@ -313,7 +320,7 @@ pub(crate) async fn serve(
     signal: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     let shared = gw.shared.clone();
-    let service = hyper_util::service::TowerToHyperService::new(gw.router());
+    let router = gw.router();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -322,7 +329,7 @@ pub(crate) async fn serve(
     let connections = TaskTracker::new();
     tokio::pin!(signal);
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = &mut signal => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -335,8 +342,16 @@ pub(crate) async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        // Each request carries the TCP peer (`ConnectInfo`), as axum::serve does.
+        let router = router.clone();
+        let service =
+            hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                tower::ServiceExt::oneshot(router.clone(), req)
+            });
         let conn = builder
-            .serve_connection(TokioIo::new(stream), service.clone())
+            .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
         let stop = shared.shutdown.clone();
         connections.spawn(async move {

@@ -16,7 +16,6 @@ use std::time::Instant;
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use rustc_hash::FxHashSet;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::timeout;
 use tokio_tungstenite::WebSocketStream;
@@ -25,12 +24,10 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 
 use crate::Shared;
-use crate::broker::{Publication, Target};
 use crate::error::{CloseReason, Error};
-use crate::protocol::{self, Call, Incoming, Request};
-use crate::queue::{Frame, Outbound, Pushed, QueueState};
-use crate::topic::Pattern;
-use crate::trie::ConnId;
+use crate::protocol;
+use crate::queue::{Frame, Outbound, QueueState};
+use crate::rpc::{ConnInfo, Session};
 
 /// How a session ended.
 #[derive(Debug)]
@@ -43,15 +40,8 @@ enum End {
     Close(CloseReason),
 }
 
-struct Session {
-    id: ConnId,
-    out: Arc<Outbound>,
-    subs: FxHashSet<Pattern>,
-    gw: Arc<Shared>,
-}
-
 /// Runs a connection until it ends, then removes all its state.
-pub(crate) async fn run<S>(ws: WebSocketStream<S>, gw: Arc<Shared>)
+pub(crate) async fn run<S>(ws: WebSocketStream<S>, gw: Arc<Shared>, info: ConnInfo)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -65,12 +55,8 @@ where
     if gw.shutdown.is_cancelled() {
         out.going_away();
     }
-    let mut session = Session {
-        id,
-        out: out.clone(),
-        subs: FxHashSet::default(),
-        gw: gw.clone(),
-    };
+    tracing::debug!(conn = id, peer = ?info.peer, "connected");
+    let mut session = Session::new(id, out.clone(), gw.clone(), info);
     let (mut sink, mut stream) = ws.split();
     let start = Instant::now();
     let last_seen = AtomicU64::new(0);
@@ -281,128 +267,4 @@ where
         batch.shrink_to(64);
     }
     Ok(())
-}
-
-impl Session {
-    /// Backpressure on requests (see [`Outbound::room_for_responses`]); the
-    /// wait is boxed so idle connections do not carry its state.
-    async fn wait_for_room(&self) {
-        if !self.out.has_room_for_responses() {
-            Box::pin(self.out.room_for_responses()).await;
-        }
-    }
-
-    fn respond(&self, text: String) {
-        let pushed = self.out.push(Frame {
-            payload: Utf8Bytes::from(text),
-            published_at: None,
-        });
-        if pushed == Pushed::Overflow {
-            self.gw.metrics.slow_consumer_disconnects.inc();
-        }
-    }
-
-    async fn handle_text(&mut self, text: &str) {
-        let limits = self.gw.config.parse_limits();
-        match protocol::parse(text, &limits) {
-            Incoming::Invalid(e) => {
-                self.gw.metrics.protocol_errors.inc();
-                self.respond(protocol::encode_error(None, &e));
-            }
-            Incoming::Single(req) => {
-                if let Some(resp) = self.handle(req).await {
-                    self.respond(resp);
-                }
-            }
-            Incoming::Batch(reqs) => {
-                let mut parts = Vec::new();
-                for req in reqs {
-                    if let Some(resp) = self.handle(req).await {
-                        parts.push(resp);
-                    }
-                }
-                if !parts.is_empty() {
-                    self.respond(format!("[{}]", parts.join(",")));
-                }
-            }
-        }
-    }
-
-    /// Runs one request; returns its response unless it is a notification.
-    async fn handle(&mut self, req: Request<'_>) -> Option<String> {
-        let result = match req.call {
-            Ok(call) => self.call(call).await,
-            Err(e) => Err(e),
-        };
-        if result.is_err() {
-            self.gw.metrics.protocol_errors.inc();
-        }
-        let id = req.id?;
-        Some(match result {
-            Ok(r) => protocol::encode_result(id, &r),
-            Err(e) => protocol::encode_error(Some(id), &e),
-        })
-    }
-
-    async fn call(&mut self, call: Call<'_>) -> Result<String, Error> {
-        match call {
-            Call::Subscribe(patterns) => self.subscribe(patterns).await,
-            Call::Unsubscribe(patterns) => {
-                let held: Vec<Pattern> = patterns
-                    .into_iter()
-                    .filter(|p| self.subs.remove(p))
-                    .collect();
-                self.gw.hub.unsubscribe(self.id, &held).await;
-                Ok(protocol::encode_topic_list("unsubscribed", &held))
-            }
-            Call::Publish { topic, data } => {
-                self.gw
-                    .publish(Publication {
-                        target: Target::Topic(topic),
-                        data: Bytes::copy_from_slice(data.get().as_bytes()),
-                    })
-                    .await?;
-                Ok("{}".into())
-            }
-            Call::Broadcast { data } => {
-                self.gw
-                    .publish(Publication {
-                        target: Target::Broadcast,
-                        data: Bytes::copy_from_slice(data.get().as_bytes()),
-                    })
-                    .await?;
-                Ok("{}".into())
-            }
-            Call::SelfReply(params) => Ok(params.map_or("null", |p| p.get()).to_string()),
-            Call::Ping => Ok("\"pong\"".into()),
-        }
-    }
-
-    async fn subscribe(&mut self, patterns: Vec<Pattern>) -> Result<String, Error> {
-        let mut fresh: Vec<Pattern> = Vec::new();
-        {
-            let mut seen = FxHashSet::default();
-            for p in &patterns {
-                if !self.subs.contains(p) && seen.insert(p) {
-                    fresh.push(p.clone());
-                }
-            }
-        }
-        let limit = self.gw.config.limits.max_subscriptions_per_connection;
-        if self.subs.len() + fresh.len() > limit {
-            return Err(Error::TooManySubscriptions { limit });
-        }
-        // Record in the reverse index before awaiting, so that a session torn
-        // down mid-call still removes what the hub holds.
-        self.gw.hub.add(self.id, &self.out, &fresh);
-        self.subs.extend(fresh.iter().cloned());
-        if let Err(e) = self.gw.hub.reconcile(patterns.clone(), true).await {
-            for p in &fresh {
-                self.subs.remove(p);
-            }
-            self.gw.hub.unsubscribe(self.id, &fresh).await;
-            return Err(e.into());
-        }
-        Ok(protocol::encode_topic_list("subscribed", &patterns))
-    }
 }

@@ -11,15 +11,36 @@
 //! parts of the contract (stream positions, history) exist so that durable
 //! backbones can report offsets and replay.
 
+mod memory;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
 
 use crate::topic::{Pattern, Topic};
+
+pub use memory::MemoryBroker;
+
+/// Which backbone carries messages between nodes (`[broker]` in the
+/// configuration; each kind's options live in its variant).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum BrokerConfig {
+    /// Embedded in-memory broker: a single node.
+    #[default]
+    Memory,
+}
+
+/// Builds the broker a configuration names. Must be called inside a Tokio
+/// runtime.
+pub fn from_config(config: &BrokerConfig) -> Result<Arc<dyn Broker>, BrokerError> {
+    match config {
+        BrokerConfig::Memory => Ok(Arc::new(MemoryBroker::new())),
+    }
+}
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -106,71 +127,4 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Stops the broker; later calls fail with [`BrokerError::Closed`].
     fn close(&self) -> BoxFuture<'_, ()>;
-}
-
-/// The embedded, single-node broker: a publication is delivered straight to
-/// the local hub, in the publisher's task, with no copy and no hop.
-#[derive(Default)]
-pub struct MemoryBroker {
-    sink: RwLock<Option<Arc<dyn DeliverySink>>>,
-    closed: AtomicBool,
-}
-
-impl MemoryBroker {
-    pub fn new() -> Self {
-        Self::default()
-    }
-}
-
-impl Broker for MemoryBroker {
-    fn name(&self) -> &'static str {
-        "memory"
-    }
-
-    fn attach(&self, sink: Arc<dyn DeliverySink>) {
-        *self.sink.write() = Some(sink);
-    }
-
-    fn publish(&self, publication: Publication) -> BoxFuture<'_, Result<PublishAck, BrokerError>> {
-        let result = if self.closed.load(Ordering::Acquire) {
-            Err(BrokerError::Closed)
-        } else {
-            let sink = self.sink.read().clone();
-            match sink {
-                Some(sink) => {
-                    sink.deliver(Delivery {
-                        target: publication.target,
-                        data: publication.data,
-                        position: None,
-                    });
-                    Ok(PublishAck::default())
-                }
-                None => Err(BrokerError::Unavailable(
-                    "memory broker not attached".into(),
-                )),
-            }
-        };
-        Box::pin(std::future::ready(result))
-    }
-
-    fn subscribe<'a>(&'a self, _patterns: &'a [Pattern]) -> BoxFuture<'a, Result<(), BrokerError>> {
-        // Every publication already reaches the local hub.
-        Box::pin(std::future::ready(Ok(())))
-    }
-
-    fn unsubscribe<'a>(
-        &'a self,
-        _patterns: &'a [Pattern],
-    ) -> BoxFuture<'a, Result<(), BrokerError>> {
-        Box::pin(std::future::ready(Ok(())))
-    }
-
-    fn is_ready(&self) -> bool {
-        !self.closed.load(Ordering::Acquire) && self.sink.read().is_some()
-    }
-
-    fn close(&self) -> BoxFuture<'_, ()> {
-        self.closed.store(true, Ordering::Release);
-        Box::pin(std::future::ready(()))
-    }
 }
