@@ -108,14 +108,6 @@ impl Default for Outbound {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebSocket {
-    /// Per-connection read buffer; also the most read per syscall for small
-    /// frames (a larger frame reserves its full size). Small keeps idle
-    /// connections cheap (docs/benchmarks.md); raise it for connections
-    /// that publish heavily over WebSocket.
-    pub read_buffer_size: usize,
-    /// Bytes buffered before a write is issued mid-batch; a batch is always
-    /// flushed at its end.
-    pub write_buffer_size: usize,
     /// How often the server pings each client.
     #[serde(with = "humantime_serde")]
     pub ping_interval: Duration,
@@ -127,8 +119,6 @@ pub struct WebSocket {
 impl Default for WebSocket {
     fn default() -> Self {
         WebSocket {
-            read_buffer_size: 512,
-            write_buffer_size: 64 * 1024,
             ping_interval: Duration::from_secs(25),
             ping_timeout: Duration::from_secs(20),
         }
@@ -248,9 +238,6 @@ impl Config {
         if self.websocket.ping_interval.is_zero() || self.websocket.ping_timeout.is_zero() {
             return bad("websocket.ping_interval and ping_timeout must be positive");
         }
-        if self.websocket.read_buffer_size < 256 {
-            return bad("websocket.read_buffer_size must be at least 256");
-        }
         Ok(())
     }
 
@@ -274,17 +261,6 @@ impl Config {
             max_bytes: self.outbound.max_bytes,
             policy: self.outbound.policy,
         }
-    }
-
-    pub(crate) fn tungstenite(&self) -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
-        let max = self.limits.max_message_size;
-        tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-            .read_buffer_size(self.websocket.read_buffer_size)
-            .write_buffer_size(self.websocket.write_buffer_size)
-            // Room for a full buffer plus the largest frame we ever write.
-            .max_write_buffer_size(self.websocket.write_buffer_size + 2 * max + 1024)
-            .max_message_size(Some(max))
-            .max_frame_size(Some(max))
     }
 }
 

@@ -21,10 +21,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use bytes::Bytes;
 use parking_lot::RwLock;
 use rustc_hash::{FxBuildHasher, FxHashMap, FxHashSet};
 use tokio::sync::{mpsc, oneshot};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::broker::{Broker, BrokerError, Delivery, DeliverySink, Target};
 use crate::metrics::Metrics;
@@ -207,7 +207,7 @@ impl Hub {
         }
     }
 
-    fn fan_out(&self, topic: &Topic, payload: &Utf8Bytes) {
+    fn fan_out(&self, topic: &Topic, payload: &Bytes) {
         let at = Instant::now();
         let wild = self.wild.read();
         let shard = self.shard(topic.as_str()).read();
@@ -236,7 +236,7 @@ impl Hub {
         });
     }
 
-    fn push(&self, out: &Outbound, payload: &Utf8Bytes, at: Instant) {
+    fn push(&self, out: &Outbound, payload: &Bytes, at: Instant) {
         let frame = Frame {
             payload: payload.clone(),
             published_at: Some(at),

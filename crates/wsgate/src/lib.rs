@@ -16,6 +16,7 @@
 //! * [`hub`] — topic → connections, fan-out, reference-counted backbone
 //!   interest.
 //! * [`broker`] — the backbone trait and the embedded in-memory broker.
+//! * [`ws`] — RFC 6455 framing (pure), used by the session.
 //! * `session` — the task that owns one socket (I/O).
 //! * `rpc` — a connection's protocol state and the method implementations.
 //! * `server` — HTTP routes, the WebSocket upgrade, the accept loop.
@@ -50,6 +51,7 @@ mod server;
 mod session;
 pub mod topic;
 pub mod trie;
+pub mod ws;
 
 use std::marker::PhantomData;
 use std::sync::Arc;

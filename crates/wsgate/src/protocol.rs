@@ -7,9 +7,9 @@
 
 use std::borrow::Cow;
 
+use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::error::Error;
 use crate::topic::{Pattern, Topic};
@@ -328,23 +328,23 @@ fn push_json_str(out: &mut String, s: &str) {
 
 /// The `message` notification for a publication, encoded once and shared by
 /// every subscriber. `data` must be valid JSON text.
-pub fn encode_message(topic: &str, data: &str) -> Utf8Bytes {
+pub fn encode_message(topic: &str, data: &str) -> Bytes {
     let mut out = String::with_capacity(MESSAGE_HEAD.len() + topic.len() + data.len() + 16);
     out.push_str(MESSAGE_HEAD);
     push_json_str(&mut out, topic);
     out.push_str(r#","data":"#);
     out.push_str(data);
     out.push_str("}}");
-    Utf8Bytes::from(out)
+    Bytes::from(out)
 }
 
 /// The `broadcast` notification delivered to every connection.
-pub fn encode_broadcast(data: &str) -> Utf8Bytes {
+pub fn encode_broadcast(data: &str) -> Bytes {
     let mut out = String::with_capacity(BROADCAST_HEAD.len() + data.len() + 4);
     out.push_str(BROADCAST_HEAD);
     out.push_str(data);
     out.push_str("}}");
-    Utf8Bytes::from(out)
+    Bytes::from(out)
 }
 
 /// A successful response with an already encoded `result`.
@@ -556,12 +556,12 @@ mod tests {
     #[test]
     fn encoded_frames_are_valid_json() {
         let m = encode_message("chat.\"q\"", r#"{"a":1}"#);
-        let v: Value = serde_json::from_str(m.as_str()).unwrap_or_default();
+        let v: Value = serde_json::from_slice(&m).unwrap_or_default();
         assert_eq!(v["method"], "message");
         assert_eq!(v["params"]["topic"], "chat.\"q\"");
         assert_eq!(v["params"]["data"]["a"], 1);
 
-        let b: Value = serde_json::from_str(encode_broadcast("[1]").as_str()).unwrap_or_default();
+        let b: Value = serde_json::from_slice(&encode_broadcast("[1]")).unwrap_or_default();
         assert_eq!(b["params"]["data"][0], 1);
 
         let id: &RawValue = serde_json::from_str(r#""abc""#).unwrap_or_else(|_| null_id());

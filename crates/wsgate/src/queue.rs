@@ -12,10 +12,10 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// What to do when a connection's outbound queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -36,9 +36,10 @@ pub struct QueueLimits {
     pub policy: SlowConsumerPolicy,
 }
 
-/// One text frame waiting to be written.
+/// One text frame waiting to be written: its payload is UTF-8 JSON, shared
+/// by every subscriber of the publication.
 pub struct Frame {
-    pub payload: Utf8Bytes,
+    pub payload: Bytes,
     /// When the hub accepted the publication (for the publish-to-write
     /// histogram); `None` for responses to the client's own requests.
     pub published_at: Option<Instant>,
@@ -57,9 +58,19 @@ pub enum Pushed {
     Closed,
 }
 
-/// What [`Outbound::take_all`] reports besides the frames.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What [`Outbound::take_all`] hands the writer besides the frames.
+#[derive(Debug, Default)]
+pub struct Taken {
+    pub state: QueueState,
+    /// Payload of the latest ping to answer (RFC 6455: the last one suffices).
+    pub pong: Option<Bytes>,
+    /// The keepalive asks for a ping.
+    pub ping: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum QueueState {
+    #[default]
     Open,
     /// The queue overflowed under the disconnect policy.
     Overflowed,
@@ -76,6 +87,8 @@ struct State {
     /// Set by [`Outbound::going_away`]; pushes are still accepted so that
     /// what is in flight gets flushed.
     going_away: bool,
+    pong: Option<Bytes>,
+    ping: bool,
 }
 
 /// A connection's outbound queue; shared between the hub and the connection task.
@@ -140,8 +153,8 @@ impl Outbound {
     }
 
     /// Moves every queued frame into `out` (which should be empty) and
-    /// reports the queue's state.
-    pub fn take_all(&self, out: &mut VecDeque<Frame>) -> QueueState {
+    /// reports the queue's state and pending control frames.
+    pub fn take_all(&self, out: &mut VecDeque<Frame>) -> Taken {
         let mut st = self.state.lock();
         std::mem::swap(&mut st.frames, out);
         st.bytes = 0;
@@ -152,9 +165,32 @@ impl Outbound {
         } else {
             QueueState::Open
         };
+        let taken = Taken {
+            state,
+            pong: st.pong.take(),
+            ping: std::mem::take(&mut st.ping),
+        };
         drop(st);
         self.drained.notify_waiters();
-        state
+        taken
+    }
+
+    /// Asks the writer to answer a ping (replacing an unanswered one).
+    pub fn request_pong(&self, payload: Bytes) {
+        self.state.lock().pong = Some(payload);
+        self.notify.notify_one();
+    }
+
+    /// Asks the writer to send a ping.
+    pub fn request_ping(&self) {
+        self.state.lock().ping = true;
+        self.notify.notify_one();
+    }
+
+    /// True once an overflow closed the queue (disconnect policy).
+    pub fn overflowed(&self) -> bool {
+        let st = self.state.lock();
+        st.closed && !st.going_away
     }
 
     /// Tells the connection task that the node is shutting down.
@@ -210,7 +246,7 @@ mod tests {
 
     fn frame(s: &'static str) -> Frame {
         Frame {
-            payload: Utf8Bytes::from_static(s),
+            payload: Bytes::from_static(s.as_bytes()),
             published_at: None,
         }
     }
@@ -227,7 +263,7 @@ mod tests {
         assert_eq!(q.push(frame("c")), Pushed::Overflow);
         assert_eq!(q.push(frame("d")), Pushed::Closed);
         let mut out = VecDeque::new();
-        assert_eq!(q.take_all(&mut out), QueueState::Overflowed);
+        assert_eq!(q.take_all(&mut out).state, QueueState::Overflowed);
         assert!(out.is_empty(), "an overflowed queue is discarded");
     }
 
@@ -242,9 +278,9 @@ mod tests {
         assert_eq!(q.push(frame("bb")), Pushed::Queued);
         assert_eq!(q.push(frame("cc")), Pushed::DroppedOldest(1));
         let mut out = VecDeque::new();
-        assert_eq!(q.take_all(&mut out), QueueState::Open);
-        let got: Vec<&str> = out.iter().map(|f| f.payload.as_str()).collect();
-        assert_eq!(got, ["bb", "cc"]);
+        assert_eq!(q.take_all(&mut out).state, QueueState::Open);
+        let got: Vec<&[u8]> = out.iter().map(|f| &f.payload[..]).collect();
+        assert_eq!(got, [b"bb", b"cc"]);
     }
 
     #[test]
@@ -258,7 +294,7 @@ mod tests {
         q.going_away();
         assert_eq!(q.push(frame("b")), Pushed::Queued);
         let mut out = VecDeque::new();
-        assert_eq!(q.take_all(&mut out), QueueState::GoingAway);
+        assert_eq!(q.take_all(&mut out).state, QueueState::GoingAway);
         assert_eq!(out.len(), 2);
     }
 

@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use rustc_hash::FxHashSet;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::Shared;
 use crate::broker::{Publication, Target};
@@ -59,7 +58,7 @@ impl Session {
 
     pub(crate) fn respond(&self, text: String) {
         let pushed = self.out.push(Frame {
-            payload: Utf8Bytes::from(text),
+            payload: Bytes::from(text),
             published_at: None,
         });
         if pushed == Pushed::Overflow {

@@ -17,9 +17,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::net::TcpListener;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_util::task::TaskTracker;
 
 use crate::broker::{Publication, Target};
@@ -152,24 +150,28 @@ async fn ws_upgrade(State(gw): State<Arc<Shared>>, req: Request) -> Response {
             .into_response();
     };
     let on_upgrade = hyper::upgrade::on(req);
-    let cfg = gw.config.tungstenite();
     let tracker = gw.sessions.clone();
-    let fut = async move {
+    tracker.spawn(async move {
         let _permit = permit;
         match on_upgrade.await {
-            Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(cfg),
-                )
-                .await;
-                session::run(ws, gw, info).await;
-            }
+            // A plain TCP connection: split it without a lock.
+            Ok(upgraded) => match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
+                Ok(parts) => {
+                    let (r, w) = parts.io.into_inner().into_split();
+                    // Copied: the original slices hyper's whole read buffer.
+                    let early = Bytes::copy_from_slice(&parts.read_buf);
+                    drop(parts.read_buf);
+                    session::run(r, w, early, gw, info).await;
+                }
+                // Any other transport (an embedding server's own I/O type).
+                Err(upgraded) => {
+                    let (r, w) = tokio::io::split(TokioIo::new(upgraded));
+                    session::run(r, w, Bytes::new(), gw, info).await;
+                }
+            },
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
-    };
-    tracker.spawn(fut);
+    });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::UPGRADE, "websocket")
