@@ -2,6 +2,7 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -19,7 +20,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a gateway node.
-    Serve(ConfigArgs),
+    Serve {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Accept anonymous access on a non-loopback address
+        /// (auth.allow_anonymous_public = true). Without it such a node refuses to start.
+        #[arg(long)]
+        allow_anonymous: bool,
+    },
     /// Show configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -38,6 +46,30 @@ enum Command {
         #[arg(required = true)]
         topics: Vec<String>,
     },
+    /// Mint a development token (HS256) from the configured secret
+    /// (auth.secret / WSGATE_AUTH__SECRET) and print it on stdout.
+    Token(TokenArgs),
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// The user id (`sub` claim).
+    #[arg(long)]
+    sub: String,
+    /// A pattern the token may subscribe to (repeatable).
+    #[arg(long, value_name = "PATTERN")]
+    subscribe: Vec<String>,
+    /// A pattern the token may publish to (repeatable).
+    #[arg(long, value_name = "PATTERN")]
+    publish: Vec<String>,
+    /// Allow the `broadcast` method.
+    #[arg(long)]
+    broadcast: bool,
+    /// Lifetime, e.g. 30m, 1h, 7d.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    #[command(flatten)]
+    config: ConfigArgs,
 }
 
 #[derive(Subcommand)]
@@ -78,17 +110,46 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match cli.command {
-        Command::Serve(args) => {
+        Command::Serve {
+            config: mut args,
+            allow_anonymous,
+        } => {
+            if allow_anonymous {
+                args.set
+                    .insert(0, "auth.allow_anonymous_public=true".into());
+            }
             let config = args.load()?;
             init_logging(config.log.format);
             runtime.block_on(serve(config))
+        }
+        Command::Token(t) => {
+            let config = t.config.load()?;
+            let max = config.limits.max_topic_length;
+            let patterns = |list: &[String]| {
+                list.iter()
+                    .map(|p| {
+                        wsgate::Pattern::parse(p, max).with_context(|| format!("pattern {p:?}"))
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()
+            };
+            let grant = wsgate::auth::Grant {
+                subscribe: patterns(&t.subscribe)?,
+                publish: patterns(&t.publish)?,
+                broadcast: t.broadcast,
+            };
+            let token = wsgate::auth::mint_dev_token(&config.auth, &t.sub, &grant, t.ttl)
+                .map_err(anyhow::Error::msg)?;
+            println!("{token}");
+            Ok(())
         }
         Command::Config(ConfigCommand::Defaults) => {
             print!("{}", Config::defaults_toml());
             Ok(())
         }
         Command::Config(ConfigCommand::Show(args)) => {
-            print!("{}", toml::to_string_pretty(&args.load()?)?);
+            let mut shown = args.load()?;
+            redact_secrets(&mut shown);
+            print!("{}", toml::to_string_pretty(&shown)?);
             Ok(())
         }
         Command::Publish { url, topic, data } => runtime.block_on(async {
@@ -114,6 +175,24 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }),
+    }
+}
+
+/// Replaces secrets (auth.secret, keys' secrets, API keys) in a
+/// configuration about to be printed.
+fn redact_secrets(config: &mut Config) {
+    const HIDDEN: &str = "<redacted>";
+    let auth = &mut config.auth;
+    if let Some(s) = &mut auth.secret {
+        *s = HIDDEN.into();
+    }
+    for k in &mut auth.api_keys {
+        *k = HIDDEN.into();
+    }
+    for k in &mut auth.keys {
+        if let Some(s) = &mut k.secret {
+            *s = HIDDEN.into();
+        }
     }
 }
 

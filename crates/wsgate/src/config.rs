@@ -11,6 +11,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+pub use crate::auth::AuthConfig;
 pub use crate::broker::BrokerConfig;
 use crate::protocol::ParseLimits;
 use crate::queue::{QueueLimits, SlowConsumerPolicy};
@@ -27,6 +28,8 @@ pub struct Config {
     pub shutdown: Shutdown,
     pub broker: BrokerConfig,
     pub log: Log,
+    /// Authentication and authorization (`docs/security.md`).
+    pub auth: AuthConfig,
 }
 
 impl Default for Config {
@@ -39,6 +42,7 @@ impl Default for Config {
             shutdown: Shutdown::default(),
             broker: BrokerConfig::default(),
             log: Log::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -238,6 +242,9 @@ impl Config {
         if self.websocket.ping_interval.is_zero() || self.websocket.ping_timeout.is_zero() {
             return bad("websocket.ping_interval and ping_timeout must be positive");
         }
+        self.auth
+            .validate(self.listen, l.max_topic_length)
+            .map_err(ConfigError::Invalid)?;
         Ok(())
     }
 

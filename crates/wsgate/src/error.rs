@@ -13,13 +13,15 @@ pub mod code {
     pub const METHOD_NOT_FOUND: i32 = -32601;
     pub const INVALID_PARAMS: i32 = -32602;
     pub const INTERNAL: i32 = -32603;
-    /// The caller may not do this (reserved for the permission rules).
+    /// The caller may not do this (topic permissions, origin, refresh).
     pub const FORBIDDEN: i32 = -32001;
     /// Too many requests (reserved for rate limits).
     pub const RATE_LIMITED: i32 = -32002;
     pub const TOO_MANY_SUBSCRIPTIONS: i32 = -32003;
     pub const BACKBONE_UNAVAILABLE: i32 = -32004;
     pub const SHUTTING_DOWN: i32 = -32005;
+    /// Missing, invalid or expired credentials (a token or an API key).
+    pub const UNAUTHORIZED: i32 = -32006;
 }
 
 /// A request-level error: answered to the caller, the connection stays open.
@@ -41,6 +43,8 @@ pub enum Error {
     TooManyTopics { count: usize, limit: usize },
     #[error("forbidden: {0}")]
     Forbidden(String),
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
     #[error("backbone unavailable: {0}")]
     Backbone(String),
     #[error("server is shutting down")]
@@ -64,6 +68,7 @@ impl Error {
             | Error::TooLarge { .. } => code::INVALID_PARAMS,
             Error::TooManySubscriptions { .. } => code::TOO_MANY_SUBSCRIPTIONS,
             Error::Forbidden(_) => code::FORBIDDEN,
+            Error::Unauthorized(_) => code::UNAUTHORIZED,
             Error::Backbone(_) => code::BACKBONE_UNAVAILABLE,
             Error::ShuttingDown => code::SHUTTING_DOWN,
             Error::Internal(_) => code::INTERNAL,
@@ -82,6 +87,7 @@ impl Error {
             Error::MethodNotFound(_) => StatusCode::NOT_FOUND,
             Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Backbone(_) | Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -119,6 +125,9 @@ pub enum CloseReason {
     PingTimeout,
     /// A write to the peer did not complete within `outbound.write_timeout`.
     WriteTimeout,
+    /// The connection's token expired (plus `auth.leeway` and
+    /// `auth.expiry_grace`) without a `refresh`.
+    TokenExpired,
 }
 
 impl CloseReason {
@@ -133,6 +142,7 @@ impl CloseReason {
             CloseReason::SlowConsumer => 4000,
             CloseReason::PingTimeout => 4001,
             CloseReason::WriteTimeout => 4002,
+            CloseReason::TokenExpired => 4003,
         }
     }
 
@@ -147,6 +157,7 @@ impl CloseReason {
             CloseReason::SlowConsumer => "slow consumer: outbound queue full",
             CloseReason::PingTimeout => "ping timeout",
             CloseReason::WriteTimeout => "write timeout",
+            CloseReason::TokenExpired => "token expired",
         }
     }
 }

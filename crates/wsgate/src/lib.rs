@@ -20,6 +20,7 @@
 //! * `session` — the task that owns one socket (I/O).
 //! * `rpc` — a connection's protocol state and the method implementations.
 //! * `server` — HTTP routes, the WebSocket upgrade, the accept loop.
+//! * [`auth`] — JWT identity, topic permissions, API keys, origins.
 //! * [`config`], [`metrics`], [`error`] — configuration layers, Prometheus
 //!   metrics, and the single mapping of errors to JSON-RPC codes, HTTP
 //!   statuses and close codes.
@@ -39,6 +40,7 @@
 //! # let _ = app; Ok(()) }
 //! ```
 
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod error;
@@ -92,6 +94,8 @@ pub(crate) struct Shared {
     pub(crate) hub: Arc<Hub>,
     pub(crate) broker: Arc<dyn Broker>,
     pub(crate) metrics: Arc<Metrics>,
+    /// Token verification, permissions, API keys, origins.
+    pub(crate) auth: auth::Auth,
     /// Cancelled when the node shuts down; sessions then flush and close 1001.
     pub(crate) shutdown: CancellationToken,
     pub(crate) sessions: TaskTracker,
@@ -118,12 +122,23 @@ impl Gateway {
         config
             .validate()
             .map_err(|e| Error::InvalidParams(e.to_string()))?;
+        let auth = auth::Auth::new(&config).map_err(Error::InvalidParams)?;
         let broker = broker::from_config(&config.broker)?;
-        Ok(Self::with_broker(config, broker))
+        Ok(Self::assemble(config, broker, auth))
     }
 
-    /// Builds a node on a given backbone implementation.
+    /// Builds a node on a given backbone implementation. If the `[auth]`
+    /// keys cannot be loaded, the node refuses every connection and API
+    /// call (use [`Gateway::new`] to get the error instead).
     pub fn with_broker(config: Config, broker: Arc<dyn Broker>) -> Gateway {
+        let auth = auth::Auth::new(&config).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "invalid [auth] configuration: refusing all connections");
+            auth::Auth::deny_all()
+        });
+        Self::assemble(config, broker, auth)
+    }
+
+    fn assemble(config: Config, broker: Arc<dyn Broker>, auth: auth::Auth) -> Gateway {
         let metrics = Arc::new(Metrics::new());
         let hub = Hub::start(broker.clone(), metrics.clone());
         Gateway {
@@ -132,6 +147,7 @@ impl Gateway {
                 hub,
                 broker,
                 metrics,
+                auth,
                 shutdown: CancellationToken::new(),
                 sessions: TaskTracker::new(),
                 admitted: AtomicUsize::new(0),

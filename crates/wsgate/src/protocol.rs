@@ -39,6 +39,23 @@ pub enum Call<'a> {
     /// `self.reply`: the params, echoed back to the caller.
     SelfReply(Option<&'a RawValue>),
     Ping,
+    /// `refresh`: replace the connection's token.
+    Refresh(TokenParam<'a>),
+}
+
+/// A token in a request's params; its `Debug` does not print it.
+pub struct TokenParam<'a>(Cow<'a, str>);
+
+impl TokenParam<'_> {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for TokenParam<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TokenParam(<{} bytes>)", self.0.len())
+    }
 }
 
 /// A request: `id` is `None` for a notification (which gets no response).
@@ -91,6 +108,13 @@ struct PublishParams<'a> {
     topic: Cow<'a, str>,
     #[serde(borrow)]
     data: &'a RawValue,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefreshParams<'a> {
+    #[serde(borrow)]
+    token: Cow<'a, str>,
 }
 
 #[derive(Deserialize)]
@@ -259,6 +283,10 @@ fn parse_call<'a>(
         "broadcast" => {
             let p: BroadcastParams<'a> = params(raw)?;
             Ok(Call::Broadcast { data: p.data })
+        }
+        "refresh" => {
+            let p: RefreshParams<'a> = params(raw)?;
+            Ok(Call::Refresh(TokenParam(p.token)))
         }
         "self.reply" => Ok(Call::SelfReply(raw)),
         "ping" => Ok(Call::Ping),
@@ -502,6 +530,26 @@ mod tests {
             ),
             code::INVALID_PARAMS
         );
+    }
+
+    #[test]
+    fn refresh_takes_a_token_and_hides_it() {
+        let r = single(r#"{"jsonrpc":"2.0","id":1,"method":"refresh","params":{"token":"a.b.c"}}"#);
+        match r.call {
+            Ok(Call::Refresh(t)) => {
+                assert_eq!(t.as_str(), "a.b.c");
+                assert!(!format!("{t:?}").contains("a.b.c"));
+            }
+            other => panic!("{other:?}"),
+        }
+        for bad in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"refresh"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"refresh","params":{}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"refresh","params":{"token":1}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"refresh","params":{"token":"x","y":1}}"#,
+        ] {
+            assert_eq!(err_code(bad), code::INVALID_PARAMS, "{bad}");
+        }
     }
 
     #[test]

@@ -4,16 +4,19 @@
 //! `session`; this module only turns parsed requests into hub/broker calls
 //! and responses queued on the connection's [`Outbound`].
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use rustc_hash::FxHashSet;
 
 use crate::Shared;
+use crate::auth::ConnAuth;
 use crate::broker::{Publication, Target};
 use crate::error::Error;
-use crate::protocol::{self, Call, Incoming, Request};
+use crate::protocol::{self, Call, Incoming, Request, TokenParam};
 use crate::queue::{Frame, Outbound, Pushed};
 use crate::topic::Pattern;
 use crate::trie::ConnId;
@@ -23,6 +26,9 @@ use crate::trie::ConnId;
 pub(crate) struct ConnInfo {
     /// The TCP peer, when the server knows it.
     pub(crate) peer: Option<SocketAddr>,
+    /// Its verified identity (if any) and permissions. The default is
+    /// anonymous with no permissions.
+    pub(crate) auth: ConnAuth,
 }
 
 /// Protocol-level state of one connection.
@@ -32,20 +38,62 @@ pub(crate) struct Session {
     /// The reverse index: every pattern this connection subscribes to.
     pub(crate) subs: FxHashSet<Pattern>,
     pub(crate) gw: Arc<Shared>,
-    /// What the upgrade learned about the peer (identity arrives with auth).
-    #[allow(dead_code)]
+    /// What the upgrade learned about the peer, identity and permissions.
     pub(crate) info: ConnInfo,
+    /// When the token expires (plus leeway and grace), for connections with
+    /// a token; `refresh` moves it. Watched by [`Session::token_expired`].
+    expiry: Option<tokio::sync::watch::Sender<tokio::time::Instant>>,
 }
 
 impl Session {
     pub(crate) fn new(id: ConnId, out: Arc<Outbound>, gw: Arc<Shared>, info: ConnInfo) -> Self {
+        let expiry = info.auth.deadline.map(tokio::sync::watch::Sender::new);
         Session {
             id,
             out,
             subs: FxHashSet::default(),
             gw,
             info,
+            expiry,
         }
+    }
+
+    /// The deadline after which the connection must close with 4003
+    /// (`exp + auth.leeway + auth.expiry_grace`), if it has a token.
+    #[allow(dead_code)]
+    pub(crate) fn token_expiry(&self) -> Option<tokio::time::Instant> {
+        self.expiry.as_ref().map(|tx| *tx.borrow())
+    }
+
+    /// Resolves when the connection's token has expired (plus leeway and
+    /// grace) without a `refresh`; a `refresh` re-arms it. Never resolves
+    /// for connections without a token. Independent of `self`, so the
+    /// session can poll it next to the reader; boxed, so an idle connection
+    /// only carries a pointer (and nothing is allocated without a token).
+    pub(crate) fn token_expired(&self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let Some(tx) = &self.expiry else {
+            return Box::pin(std::future::pending());
+        };
+        let mut rx = tx.subscribe();
+        Box::pin(async move {
+            loop {
+                let deadline = *rx.borrow_and_update();
+                // Checked here, not trusted from the timer, which may clamp
+                // far deadlines and wake early.
+                if tokio::time::Instant::now() >= deadline {
+                    return;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep_until(deadline) => {}
+                    changed = rx.changed() => {
+                        if changed.is_err() {
+                            // The session is gone.
+                            return std::future::pending().await;
+                        }
+                    }
+                }
+            }
+        })
     }
 
     /// Backpressure on requests (see [`Outbound::room_for_responses`]); the
@@ -110,7 +158,18 @@ impl Session {
 
     async fn call(&mut self, call: Call<'_>) -> Result<String, Error> {
         match call {
-            Call::Subscribe(patterns) => self.subscribe(patterns).await,
+            Call::Subscribe(patterns) => {
+                if let Some(p) = patterns
+                    .iter()
+                    .find(|p| !self.info.auth.permissions.can_subscribe(p))
+                {
+                    return Err(Error::Forbidden(format!(
+                        "not allowed to subscribe to {:?}",
+                        p.as_str()
+                    )));
+                }
+                self.subscribe(patterns).await
+            }
             Call::Unsubscribe(patterns) => {
                 let held: Vec<Pattern> = patterns
                     .into_iter()
@@ -120,6 +179,12 @@ impl Session {
                 Ok(protocol::encode_topic_list("unsubscribed", &held))
             }
             Call::Publish { topic, data } => {
+                if !self.info.auth.permissions.can_publish(&topic) {
+                    return Err(Error::Forbidden(format!(
+                        "not allowed to publish to {:?}",
+                        topic.as_str()
+                    )));
+                }
                 self.gw
                     .publish(Publication {
                         target: Target::Topic(topic),
@@ -129,6 +194,9 @@ impl Session {
                 Ok("{}".into())
             }
             Call::Broadcast { data } => {
+                if !self.info.auth.permissions.can_broadcast() {
+                    return Err(Error::Forbidden("not allowed to broadcast".into()));
+                }
                 self.gw
                     .publish(Publication {
                         target: Target::Broadcast,
@@ -139,7 +207,46 @@ impl Session {
             }
             Call::SelfReply(params) => Ok(params.map_or("null", |p| p.get()).to_string()),
             Call::Ping => Ok("\"pong\"".into()),
+            Call::Refresh(token) => self.refresh(token).await,
         }
+    }
+
+    /// `refresh`: verifies a new token for the same `sub`, replaces the
+    /// connection's permissions and expiry, and drops the subscriptions the
+    /// new permissions no longer cover.
+    async fn refresh(&mut self, token: TokenParam<'_>) -> Result<String, Error> {
+        let Some(current) = &self.info.auth.identity else {
+            return Err(Error::Forbidden(
+                "refresh needs a connection opened with a token".into(),
+            ));
+        };
+        let verified = self.gw.auth.verify(token.as_str(), self.info.peer)?;
+        if verified.sub != current.sub {
+            return Err(Error::Forbidden(
+                "the new token is for a different sub".into(),
+            ));
+        }
+        let auth = self.gw.auth.conn_auth(&verified);
+        let mut revoked: Vec<Pattern> = self
+            .subs
+            .iter()
+            .filter(|p| !auth.permissions.can_subscribe(p))
+            .cloned()
+            .collect();
+        revoked.sort();
+        for p in &revoked {
+            self.subs.remove(p);
+        }
+        if !revoked.is_empty() {
+            self.gw.hub.unsubscribe(self.id, &revoked).await;
+        }
+        if let (Some(tx), Some(deadline)) = (&self.expiry, auth.deadline) {
+            tx.send_replace(deadline);
+        }
+        self.info.auth = auth;
+        let mut out = format!(r#"{{"exp":{},"#, verified.exp);
+        out.push_str(&protocol::encode_topic_list("unsubscribed", &revoked)[1..]);
+        Ok(out)
     }
 
     async fn subscribe(&mut self, patterns: Vec<Pattern>) -> Result<String, Error> {

@@ -55,7 +55,12 @@ fn json(status: StatusCode, body: String) -> Response {
 /// Maps an [`Error`] to an HTTP response with a JSON body.
 fn error_response(e: &Error) -> Response {
     let body = serde_json::json!({"error": {"code": e.rpc_code(), "message": e.to_string()}});
-    json(e.http_status(), body.to_string())
+    let mut resp = json(e.http_status(), body.to_string());
+    if matches!(e, Error::Unauthorized(_)) {
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    resp
 }
 
 async fn healthz() -> Response {
@@ -103,12 +108,10 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
 }
 
 async fn ws_upgrade(State(gw): State<Arc<Shared>>, req: Request) -> Response {
-    let info = ConnInfo {
-        peer: req
-            .extensions()
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|c| c.0),
-    };
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0);
     let headers = req.headers();
     if !header_has_token(headers, header::CONNECTION, "upgrade")
         || !header_has_token(headers, header::UPGRADE, "websocket")
@@ -140,6 +143,19 @@ async fn ws_upgrade(State(gw): State<Arc<Shared>>, req: Request) -> Response {
         gw.metrics.rejected_connections.inc();
         return error_response(&Error::ShuttingDown);
     }
+    // Origin (403) and credentials (401), before the connection takes a slot.
+    let auth = match gw
+        .auth
+        .check_origin(headers)
+        .and_then(|()| gw.auth.authenticate(headers, req.uri(), peer))
+    {
+        Ok(auth) => auth,
+        Err(e) => {
+            gw.metrics.rejected_connections.inc();
+            return error_response(&e);
+        }
+    };
+    let info = ConnInfo { peer, auth };
     let Some(permit) = Admission::try_new(&gw) else {
         gw.metrics.rejected_connections.inc();
         return (
@@ -151,7 +167,7 @@ async fn ws_upgrade(State(gw): State<Arc<Shared>>, req: Request) -> Response {
     };
     let on_upgrade = hyper::upgrade::on(req);
     let tracker = gw.sessions.clone();
-    tracker.spawn(async move {
+    let fut = async move {
         let _permit = permit;
         match on_upgrade.await {
             // A plain TCP connection: split it without a lock.
@@ -171,7 +187,8 @@ async fn ws_upgrade(State(gw): State<Arc<Shared>>, req: Request) -> Response {
             },
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
-    });
+    };
+    tracker.spawn(fut);
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::UPGRADE, "websocket")
@@ -202,10 +219,10 @@ impl Drop for Admission {
     }
 }
 
-/// The seam for API authentication (API keys arrive with the security work):
-/// every HTTP API call passes through here first.
-fn authorize_api(_gw: &Shared, _headers: &HeaderMap) -> Result<(), Error> {
-    Ok(())
+/// Every HTTP API call passes through here first: `Authorization: Bearer
+/// <key>` against `auth.api_keys` (see [`crate::auth::Auth::authorize_api`]).
+fn authorize_api(gw: &Shared, headers: &HeaderMap) -> Result<(), Error> {
+    gw.auth.authorize_api(headers)
 }
 
 async fn read_body(gw: &Shared, body: Body) -> Result<Bytes, Error> {

@@ -101,6 +101,7 @@ pub(crate) async fn run<R, W>(
     };
 
     let end = {
+        let expired = session.token_expired();
         let read = read_loop(&mut reader, early, &mut session, &clock);
         let write = write_loop(&mut writer, &out, &gw, &clock);
         let keep = keepalive(&out, &gw, &clock);
@@ -108,6 +109,7 @@ pub(crate) async fn run<R, W>(
             end = read => end,
             end = write => end,
             end = keep => end,
+            () = expired => End::Close(CloseReason::TokenExpired),
         }
     };
     tracing::debug!(conn = id, ?end, "session ending");
