@@ -199,14 +199,16 @@ impl Gateway {
         topic: &str,
         value: &T,
     ) -> Result<PublishAck, Error> {
-        let topic =
-            Topic::parse(topic, self.shared.config.limits.max_topic_length).map_err(|reason| {
-                Error::InvalidTopic {
-                    topic: topic.to_string(),
-                    reason,
-                }
-            })?;
-        self.publish_to(topic, value).await
+        self.publish_to(self.parse_topic(topic)?, value).await
+    }
+
+    fn parse_topic(&self, topic: &str) -> Result<Topic, Error> {
+        Topic::parse(topic, self.shared.config.limits.max_topic_length).map_err(|reason| {
+            Error::InvalidTopic {
+                topic: topic.to_string(),
+                reason,
+            }
+        })
     }
 
     async fn publish_to<T: Serialize + ?Sized>(
@@ -226,16 +228,9 @@ impl Gateway {
     /// A typed handle on one topic (seed 001's typed topic): only `T` can be
     /// published on it.
     pub fn topic<T: Serialize>(&self, topic: &str) -> Result<TypedTopic<T>, Error> {
-        let topic =
-            Topic::parse(topic, self.shared.config.limits.max_topic_length).map_err(|reason| {
-                Error::InvalidTopic {
-                    topic: topic.to_string(),
-                    reason,
-                }
-            })?;
         Ok(TypedTopic {
             gateway: self.clone(),
-            topic,
+            topic: self.parse_topic(topic)?,
             _type: PhantomData,
         })
     }
