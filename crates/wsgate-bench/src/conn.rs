@@ -12,7 +12,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::Uri;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use crate::payload::{Incoming, error_message, scan, subscribe_frame};
+use crate::payload::{Incoming, error_message, has_error_key, scan, subscribe_frame};
+use crate::proto::{Decoder, Protocol, nats, sio};
 
 pub type Ws = WebSocketStream<TcpStream>;
 
@@ -230,23 +231,136 @@ pub async fn subscribe(ws: &mut Ws, id: u64, topics: &[String]) -> Result<()> {
     }
 }
 
-/// Connect, handshake and subscribe within `timeout`.
+/// Connect, handshake and subscribe within `timeout`, speaking `protocol`.
+/// Returns the connection and the decoder for what follows (NATS may have
+/// buffered bytes that came after the handshake's answer).
 pub async fn open_subscribed(
     ep: &Endpoint,
     src: Option<IpAddr>,
     cfg: WebSocketConfig,
     topics: &[String],
     timeout: Duration,
-) -> Result<Ws> {
+    protocol: Protocol,
+) -> Result<(Ws, Decoder)> {
     tokio::time::timeout(timeout, async {
         let mut ws = connect(ep, src, cfg).await?;
-        if !topics.is_empty() {
-            subscribe(&mut ws, 1, topics).await?;
+        let mut decoder = protocol.decoder();
+        match protocol {
+            Protocol::Wsgate => {
+                if !topics.is_empty() {
+                    subscribe(&mut ws, 1, topics).await?;
+                }
+            }
+            Protocol::Socketio => sio_handshake(&mut ws, topics).await?,
+            Protocol::Nats => nats_handshake(&mut ws, &mut decoder, topics).await?,
         }
-        Ok(ws)
+        Ok((ws, decoder))
     })
     .await
     .map_err(|_| anyhow!("connect+subscribe timed out after {timeout:?}"))?
+}
+
+/// The next message that is not a WebSocket control frame; fails on close.
+async fn next_data(ws: &mut Ws, during: &str) -> Result<Message> {
+    loop {
+        let msg = ws
+            .next()
+            .await
+            .ok_or_else(|| anyhow!("connection closed during {during}"))??;
+        match msg {
+            Message::Close(frame) => bail!(
+                "server closed during {during}: {}",
+                close_text(frame.as_ref())
+            ),
+            Message::Text(_) | Message::Binary(_) => return Ok(msg),
+            _ => {}
+        }
+    }
+}
+
+/// Engine.IO open, Socket.IO connect to `/`, then (if any topics) the
+/// `subscribe` event with ack id 1. Engine.IO pings are answered.
+async fn sio_handshake(ws: &mut Ws, topics: &[String]) -> Result<()> {
+    // Step 0: wait for the open packet; 1: for the namespace connect;
+    // 2: for the subscribe ack.
+    let mut step = 0;
+    loop {
+        let msg = next_data(ws, "the Socket.IO handshake").await?;
+        let Message::Text(text) = msg else {
+            continue;
+        };
+        match sio::parse_eio(text.as_str()).map_err(|e| anyhow!(e))? {
+            sio::EioPacket::Open(_) if step == 0 => {
+                ws.send(Message::text(sio::CONNECT_MAIN)).await?;
+                step = 1;
+            }
+            sio::EioPacket::Ping(probe) => {
+                ws.send(Message::text(format!("{}{probe}", sio::PONG)))
+                    .await?;
+            }
+            sio::EioPacket::Close => bail!("Engine.IO close during the handshake"),
+            sio::EioPacket::Message(m) => {
+                let p = sio::parse_sio(m).map_err(|e| anyhow!(e))?;
+                match p.kind {
+                    sio::SioKind::Connect if step == 1 && p.nsp == "/" => {
+                        if topics.is_empty() {
+                            return Ok(());
+                        }
+                        ws.send(Message::text(sio::subscribe_frame(1, topics)))
+                            .await?;
+                        step = 2;
+                    }
+                    sio::SioKind::ConnectError => {
+                        bail!("Socket.IO connect refused: {}", p.data)
+                    }
+                    sio::SioKind::Ack if step == 2 && p.id == Some(1) => {
+                        if has_error_key(p.data.as_bytes()) {
+                            bail!("subscribe failed: {}", p.data);
+                        }
+                        return Ok(());
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// CONNECT, SUB each topic, PING; done at the PONG. Bytes after it stay in
+/// the decoder.
+async fn nats_handshake(ws: &mut Ws, decoder: &mut Decoder, topics: &[String]) -> Result<()> {
+    let Decoder::Nats(parser) = decoder else {
+        bail!("NATS handshake without a NATS decoder");
+    };
+    ws.send(Message::binary(nats::connect_frame(topics)))
+        .await?;
+    loop {
+        let msg = next_data(ws, "the NATS handshake").await?;
+        let bytes: &[u8] = match &msg {
+            Message::Binary(b) => b,
+            Message::Text(t) => t.as_bytes(),
+            _ => continue,
+        };
+        parser.push(bytes);
+        let mut ping = false;
+        while let Some(op) = parser.next_op().map_err(|e| anyhow!(e))? {
+            match op {
+                nats::Op::Pong => {
+                    if ping {
+                        ws.send(Message::binary(nats::PONG.to_vec())).await?;
+                    }
+                    return Ok(());
+                }
+                nats::Op::Ping => ping = true,
+                nats::Op::Err(e) => bail!("NATS: -ERR {}", String::from_utf8_lossy(e)),
+                _ => {}
+            }
+        }
+        if ping {
+            ws.send(Message::binary(nats::PONG.to_vec())).await?;
+        }
+    }
 }
 
 /// Human text of a close frame.

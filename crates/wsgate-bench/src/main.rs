@@ -1,5 +1,7 @@
-//! `wsgate-bench`: load tool for wsgate (and peer gateways speaking the same
-//! JSON-RPC over WebSocket protocol).
+//! `wsgate-bench`: load tool for wsgate and peer gateways: anything speaking
+//! wsgate's JSON-RPC over WebSocket, Socket.IO 4 servers with the events of
+//! bench/peers/socketio-server.js, and nats-server's WebSocket listener
+//! (`--protocol`).
 //!
 //! Results are printed as one JSON object per run on stdout; progress goes
 //! to stderr.
@@ -7,6 +9,7 @@
 mod conn;
 mod payload;
 mod proc;
+mod proto;
 mod report;
 mod scenarios;
 mod track;
@@ -21,6 +24,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::conn::{Endpoint, Targets, parse_source_ips};
 use crate::proc::Sampler;
+use crate::proto::Protocol;
 use crate::scenarios::ConnectOpts;
 use crate::scenarios::fanout::Via;
 use crate::scenarios::publisher::Mode;
@@ -42,6 +46,14 @@ struct Common {
     /// spread round-robin; the publisher uses the first).
     #[arg(long = "url", global = true, default_value = "ws://127.0.0.1:8080/ws")]
     urls: Vec<String>,
+
+    /// Protocol the server speaks: wsgate JSON-RPC (also the Node `ws` peer
+    /// in bench/peers), Socket.IO 4 (events subscribe/publish/message with
+    /// acks; a URL without a path gets /socket.io/?EIO=4&transport=websocket),
+    /// or NATS over WebSocket (each PUB is followed by a PING whose PONG is
+    /// the publish acknowledgement).
+    #[arg(long, global = true, value_enum, default_value_t = Protocol::Wsgate)]
+    protocol: Protocol,
 
     /// Server process to sample (RSS, CPU) from /proc; repeatable.
     #[arg(long = "pid", global = true)]
@@ -186,7 +198,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     let c = &cli.common;
     let mut endpoints = Vec::with_capacity(c.urls.len());
     for url in &c.urls {
-        endpoints.push(Endpoint::resolve(url).await?);
+        endpoints.push(Endpoint::resolve(&c.protocol.url_for(url)).await?);
     }
     let source_ips = match &c.source_ips {
         Some(spec) => parse_source_ips(spec)?,
@@ -202,6 +214,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         timeout: c.connect_timeout,
         phase_timeout: c.connect_phase_timeout,
         read_buffer: c.read_buffer.max(256),
+        protocol: c.protocol,
     };
     let json_out = c.json_out.as_deref();
 
@@ -400,6 +413,16 @@ mod tests {
         }
         let cli = Cli::try_parse_from(["wsgate-bench", "connections", "-n", "5", "--hold", "1"])?;
         assert_eq!(cli.common.urls, vec!["ws://127.0.0.1:8080/ws"]);
+        assert_eq!(cli.common.protocol, Protocol::Wsgate);
+        for (name, p) in [
+            ("wsgate", Protocol::Wsgate),
+            ("socketio", Protocol::Socketio),
+            ("nats", Protocol::Nats),
+        ] {
+            let cli = Cli::try_parse_from(["wsgate-bench", "flood", "--protocol", name])?;
+            assert_eq!(cli.common.protocol, p);
+        }
+        assert!(Cli::try_parse_from(["wsgate-bench", "flood", "--protocol", "mqtt"]).is_err());
         assert!(Cli::try_parse_from(["wsgate-bench", "fanout", "--rate", "0"]).is_err());
         assert!(Cli::try_parse_from(["wsgate-bench", "smoke", "--duration", "-1"]).is_err());
         Ok(())

@@ -188,6 +188,22 @@ pub fn scan(buf: &[u8]) -> Incoming<'_> {
     Incoming::Unknown
 }
 
+/// `topic`, `seq` and `ts` of a delivery whose envelope is not JSON-RPC
+/// (a Socket.IO event argument, a NATS payload): the same byte scan as
+/// [`scan`] uses.
+pub fn scan_delivery(buf: &[u8]) -> (Option<&[u8]>, Option<u64>, Option<u64>) {
+    (
+        str_value(buf, &F_TOPIC),
+        u64_value(buf, &F_SEQ),
+        u64_value(buf, &F_TS),
+    )
+}
+
+/// Whether `buf` has an `"error"` key (a Socket.IO ack reporting a failure).
+pub fn has_error_key(buf: &[u8]) -> bool {
+    value_pos(buf, &F_ERROR).is_some()
+}
+
 /// The `error.message` of an error response, for human reports (full parse;
 /// only used on the rare error path).
 pub fn error_message(text: &str) -> String {
@@ -331,6 +347,19 @@ mod tests {
                 ts: Some(1)
             }
         );
+    }
+
+    #[test]
+    fn delivery_scan_and_error_key() {
+        let d = PayloadBuilder::new(80).data(11, 22);
+        assert_eq!(scan_delivery(d.as_bytes()), (None, Some(11), Some(22)));
+        let ev = format!("{{\"topic\":\"a.b\",\"data\":{d}}}]");
+        assert_eq!(
+            scan_delivery(ev.as_bytes()),
+            (Some(&b"a.b"[..]), Some(11), Some(22))
+        );
+        assert!(has_error_key(br#"[{"error":"x"}]"#));
+        assert!(!has_error_key(br#"[{"subscribed":["error"]}]"#));
     }
 
     #[test]

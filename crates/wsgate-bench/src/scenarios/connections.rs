@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::{ConnectOpts, SubTopics, open_fleet};
 use crate::conn::Targets;
 use crate::proc::{Sampler, Snapshot};
+use crate::proto::Protocol;
 use crate::report::{ErrorSample, LatencySink, Percentiles, ratio, round3};
 
 #[derive(Debug, Clone)]
@@ -54,6 +55,9 @@ pub struct ServerOut {
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub scenario: &'static str,
+    /// Only shown for peers: wsgate's output is as before.
+    #[serde(skip_serializing_if = "Protocol::is_wsgate")]
+    pub protocol: Protocol,
     pub unix_time: u64,
     pub urls: Vec<String>,
     pub requested: usize,
@@ -138,6 +142,7 @@ pub async fn run(
     };
     Ok(Report {
         scenario: "connections",
+        protocol: connect.protocol,
         unix_time: crate::payload::unix_nanos() / 1_000_000_000,
         urls: targets.endpoints.iter().map(|e| e.url.clone()).collect(),
         requested: p.n,

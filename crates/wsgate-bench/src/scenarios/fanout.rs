@@ -14,6 +14,7 @@ use super::{ConnectOpts, SubTopics, open_fleet};
 use crate::conn::{Targets, open_subscribed};
 use crate::payload::PayloadBuilder;
 use crate::proc::{Sampler, Snapshot};
+use crate::proto::{Protocol, Publishes};
 use crate::report::{ErrorSample, LatencySink, Percentiles, ratio, round3};
 
 /// How the publisher sends.
@@ -83,6 +84,9 @@ pub struct ClientOut {
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub scenario: &'static str,
+    /// Only shown for peers: wsgate's output is as before.
+    #[serde(skip_serializing_if = "Protocol::is_wsgate")]
+    pub protocol: Protocol,
     pub unix_time: u64,
     pub urls: Vec<String>,
     pub params: ParamsOut,
@@ -154,6 +158,9 @@ pub async fn run(
     if p.subscribers == 0 || p.topics == 0 {
         bail!("--subscribers and --topics must be at least 1");
     }
+    if p.via == Via::Http && !connect.protocol.is_wsgate() {
+        bail!("--publish-via http is for --protocol wsgate only");
+    }
     let publisher_sockets = match p.via {
         Via::Ws => 1,
         Via::Http => p.http_concurrency.clamp(1, p.topics),
@@ -207,6 +214,7 @@ pub async fn run(
                 crate::conn::ws_config(64 * 1024).write_buffer_size(128 * 1024),
                 &[],
                 connect.timeout,
+                connect.protocol,
             )
             .await?,
         ),
@@ -238,8 +246,18 @@ pub async fn run(
     };
 
     let outcome: Outcome = match (pub_ws, p.mode) {
-        (Some(ws), mode) => {
-            publisher::publish_ws(ws, &topic_names, &builder, mode, p.drain, &progress).await?
+        (Some((ws, decoder)), mode) => {
+            let publishes = Publishes::new(connect.protocol, builder.clone());
+            publisher::publish_ws(
+                ws,
+                decoder,
+                &topic_names,
+                publishes,
+                mode,
+                p.drain,
+                &progress,
+            )
+            .await?
         }
         (None, Mode::Rate { rate, duration }) => {
             publisher::publish_http(
@@ -316,6 +334,7 @@ pub async fn run(
     };
     Ok(Report {
         scenario: p.scenario,
+        protocol: connect.protocol,
         unix_time: crate::payload::unix_nanos() / 1_000_000_000,
         urls: targets.endpoints.iter().map(|e| e.url.clone()).collect(),
         params: ParamsOut {

@@ -10,13 +10,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::conn::{Targets, Ws, close_text, open_subscribed, ws_config};
-use crate::payload::{Incoming, scan, unix_nanos};
+use crate::payload::unix_nanos;
+use crate::proto::{Decoder, Event, Protocol};
 use crate::report::{ErrorSample, LatencySink, Percentiles, new_histogram};
 use crate::track::{Seen, SeqTracker};
 
@@ -31,6 +32,8 @@ pub struct ConnectOpts {
     pub phase_timeout: Duration,
     /// WebSocket read buffer per subscriber connection.
     pub read_buffer: usize,
+    /// The protocol spoken to the server.
+    pub protocol: Protocol,
 }
 
 /// A subscriber's live counters, read by the main task while it runs.
@@ -75,6 +78,7 @@ const LAT_BATCH: usize = 64;
 /// uncontended atomic store); latencies go to the shared sink in batches.
 async fn run_subscriber(
     mut ws: Ws,
+    mut decoder: Decoder,
     key: usize,
     topics: SubTopics,
     latency: Arc<LatencySink>,
@@ -94,46 +98,60 @@ async fn run_subscriber(
                 break;
             }
             msg = ws.next() => match msg {
-                Some(Ok(Message::Text(text))) => match scan(text.as_bytes()) {
-                    Incoming::Message { topic, seq: Some(seq), ts } => {
-                        let idx = match (topic, topics.len()) {
-                            (Some(t), _) => topics.iter().position(|(n, _)| n.as_bytes() == t),
-                            (None, 1) => Some(0),
-                            (None, _) => None,
-                        };
-                        let Some(idx) = idx else {
-                            r.other += 1;
-                            continue;
-                        };
-                        r.received += 1;
-                        r.last_recv = Some(Instant::now());
-                        if trackers[idx].observe(seq) != Seen::Duplicate {
-                            r.unique += 1;
-                            live.unique.store(r.unique, Ordering::Relaxed);
-                            if let Some(ts) = ts {
-                                lat.push(unix_nanos().saturating_sub(ts) / 1000);
-                                if lat.len() >= LAT_BATCH {
-                                    latency.record_batch(key, &lat);
-                                    lat.clear();
-                                }
-                            }
-                        }
-                    }
-                    Incoming::Message { .. } | Incoming::OtherNotification | Incoming::Unknown => {
-                        r.other += 1;
-                    }
-                    Incoming::Response { error, .. } => {
-                        if error {
-                            r.rpc_errors += 1;
-                        }
-                    }
-                },
                 Some(Ok(Message::Close(frame))) => {
                     r.close_code = frame.as_ref().map(|f| u16::from(f.code));
                     r.ended = Some(format!("server closed: {}", close_text(frame.as_ref())));
                     break;
                 }
-                Some(Ok(_)) => {}
+                Some(Ok(msg)) => {
+                    let mut reply = None;
+                    let res = decoder.feed(&msg, |ev| match ev {
+                        Event::Message { topic, seq: Some(seq), ts } => {
+                            let idx = match (topic, topics.len()) {
+                                (Some(t), _) => topics.iter().position(|(n, _)| n.as_bytes() == t),
+                                (None, 1) => Some(0),
+                                (None, _) => None,
+                            };
+                            let Some(idx) = idx else {
+                                r.other += 1;
+                                return;
+                            };
+                            r.received += 1;
+                            r.last_recv = Some(Instant::now());
+                            if trackers[idx].observe(seq) != Seen::Duplicate {
+                                r.unique += 1;
+                                live.unique.store(r.unique, Ordering::Relaxed);
+                                if let Some(ts) = ts {
+                                    lat.push(unix_nanos().saturating_sub(ts) / 1000);
+                                    if lat.len() >= LAT_BATCH {
+                                        latency.record_batch(key, &lat);
+                                        lat.clear();
+                                    }
+                                }
+                            }
+                        }
+                        Event::Message { .. } | Event::Other => {
+                            r.other += 1;
+                        }
+                        Event::Response { error, .. } => {
+                            if error {
+                                r.rpc_errors += 1;
+                            }
+                        }
+                        Event::Reply(m) => reply = Some(m),
+                        Event::Ignored => {}
+                    });
+                    if let Err(e) = res {
+                        r.ended = Some(format!("protocol error: {e}"));
+                        break;
+                    }
+                    if let Some(m) = reply
+                        && let Err(e) = ws.send(m).await
+                    {
+                        r.ended = Some(format!("connection error: {e}"));
+                        break;
+                    }
+                }
                 Some(Err(e)) => {
                     r.ended = Some(format!("connection error: {e}"));
                     break;
@@ -317,15 +335,16 @@ pub async fn open_fleet(
             stop: stop_tx,
         }));
         let timeout = opts.timeout;
+        let protocol = opts.protocol;
         tasks.spawn(async move {
             let t0 = Instant::now();
-            let res = open_subscribed(&ep, src, cfg, &names, timeout).await;
+            let res = open_subscribed(&ep, src, cfg, &names, timeout, protocol).await;
             drop(permit);
             match res {
-                Ok(ws) => {
+                Ok((ws, decoder)) => {
                     let _ = tx.send((i, Ok(t0.elapsed())));
                     drop(tx);
-                    Some(run_subscriber(ws, i, topics, latency, live, stop_rx).await)
+                    Some(run_subscriber(ws, decoder, i, topics, latency, live, stop_rx).await)
                 }
                 Err(e) => {
                     let _ = tx.send((i, Err(format!("{e:#}"))));

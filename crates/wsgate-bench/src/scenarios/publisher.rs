@@ -2,7 +2,7 @@
 //! with a window of unacknowledged publishes (WebSocket).
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,8 @@ use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::conn::{Ws, close_text};
-use crate::payload::{Incoming, PayloadBuilder, error_message, json_string, scan, unix_nanos};
+use crate::payload::{PayloadBuilder, error_message, json_string, unix_nanos};
+use crate::proto::{Decoder, Event, Publishes};
 use crate::report::ErrorSample;
 
 /// How publishing is paced.
@@ -56,6 +57,7 @@ pub struct Progress {
 }
 
 struct Topics {
+    names: Vec<String>,
     json: Vec<String>,
     per_topic: Vec<u64>,
     next: usize,
@@ -64,6 +66,7 @@ struct Topics {
 impl Topics {
     fn new(names: &[String]) -> Self {
         Self {
+            names: names.to_vec(),
             json: names.iter().map(|n| json_string(n)).collect(),
             per_topic: vec![0; names.len()],
             next: 0,
@@ -86,11 +89,38 @@ struct Acks {
     errors: Mutex<ErrorSample>,
     window: Semaphore,
     changed: Notify,
+    /// Answers to server pings (Engine.IO, NATS) for the writer to send.
+    replies: Mutex<Vec<Message>>,
+    replies_due: AtomicBool,
 }
 
 impl Acks {
     fn answered(&self) -> u64 {
         self.acked.load(Ordering::Acquire) + self.failed.load(Ordering::Acquire)
+    }
+
+    fn push_reply(&self, m: Message) {
+        match self.replies.lock() {
+            Ok(mut r) => r.push(m),
+            Err(p) => p.into_inner().push(m),
+        }
+        self.replies_due.store(true, Ordering::Release);
+    }
+
+    /// Send pending ping answers, if any (a cheap check on every publish).
+    async fn send_replies(&self, sink: &mut SplitSink<Ws, Message>) -> Result<()> {
+        if !self.replies_due.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        self.replies_due.store(false, Ordering::Release);
+        let due = match self.replies.lock() {
+            Ok(mut r) => std::mem::take(&mut *r),
+            Err(p) => std::mem::take(&mut *p.into_inner()),
+        };
+        for m in due {
+            sink.feed(m).await.context("ping answer")?;
+        }
+        Ok(())
     }
 
     fn add_error(&self, msg: String) {
@@ -102,7 +132,12 @@ impl Acks {
     }
 }
 
-async fn read_acks(mut stream: SplitStream<Ws>, acks: Arc<Acks>, mut stop: watch::Receiver<bool>) {
+async fn read_acks(
+    mut stream: SplitStream<Ws>,
+    mut decoder: Decoder,
+    acks: Arc<Acks>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let msg = tokio::select! {
             biased;
@@ -110,16 +145,30 @@ async fn read_acks(mut stream: SplitStream<Ws>, acks: Arc<Acks>, mut stop: watch
             m = stream.next() => m,
         };
         match msg {
-            Some(Ok(Message::Text(text))) => {
-                if let Incoming::Response { error, .. } = scan(text.as_bytes()) {
-                    if error {
-                        acks.add_error(error_message(text.as_str()));
-                        acks.failed.fetch_add(1, Ordering::AcqRel);
-                    } else {
-                        acks.acked.fetch_add(1, Ordering::AcqRel);
+            Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
+                let res = decoder.feed(&m, |ev| match ev {
+                    Event::Response { error, .. } => {
+                        if error {
+                            acks.add_error(match &m {
+                                Message::Text(text) => error_message(text.as_str()),
+                                Message::Binary(b) => {
+                                    format!("publish failed: {}", String::from_utf8_lossy(b))
+                                }
+                                _ => "publish failed".to_owned(),
+                            });
+                            acks.failed.fetch_add(1, Ordering::AcqRel);
+                        } else {
+                            acks.acked.fetch_add(1, Ordering::AcqRel);
+                        }
+                        acks.window.add_permits(1);
+                        acks.changed.notify_one();
                     }
-                    acks.window.add_permits(1);
-                    acks.changed.notify_one();
+                    Event::Reply(r) => acks.push_reply(r),
+                    _ => {}
+                });
+                if let Err(e) = res {
+                    acks.add_error(format!("publisher connection: protocol error: {e}"));
+                    break;
                 }
             }
             Some(Ok(Message::Close(frame))) => {
@@ -146,8 +195,9 @@ async fn read_acks(mut stream: SplitStream<Ws>, acks: Arc<Acks>, mut stop: watch
 /// outstanding results.
 pub async fn publish_ws(
     ws: Ws,
+    decoder: Decoder,
     topics: &[String],
-    builder: &PayloadBuilder,
+    mut publishes: Publishes,
     mode: Mode,
     ack_wait: Duration,
     progress: &Progress,
@@ -163,9 +213,11 @@ pub async fn publish_ws(
         errors: Mutex::new(ErrorSample::default()),
         window: Semaphore::new(window),
         changed: Notify::new(),
+        replies: Mutex::new(Vec::new()),
+        replies_due: AtomicBool::new(false),
     });
     let (stop_tx, stop_rx) = watch::channel(false);
-    let reader = tokio::spawn(read_acks(stream, acks.clone(), stop_rx));
+    let reader = tokio::spawn(read_acks(stream, decoder, acks.clone(), stop_rx));
 
     let mut topics = Topics::new(topics);
     let mut out = Outcome::default();
@@ -175,7 +227,8 @@ pub async fn publish_ws(
             ws_rate(
                 &mut sink,
                 &mut topics,
-                builder,
+                &mut publishes,
+                &acks,
                 rate,
                 duration,
                 &mut out,
@@ -187,7 +240,7 @@ pub async fn publish_ws(
             ws_window(
                 &mut sink,
                 &mut topics,
-                builder,
+                &mut publishes,
                 &acks,
                 duration,
                 &mut out,
@@ -228,15 +281,17 @@ pub async fn publish_ws(
     Ok(out)
 }
 
-fn send_frame(topics: &mut Topics, builder: &PayloadBuilder, id: u64) -> Message {
+fn send_frame(topics: &mut Topics, publishes: &mut Publishes, id: u64) -> Message {
     let (t, seq) = topics.next();
-    Message::text(builder.publish_frame(id, &topics.json[t], seq, unix_nanos()))
+    publishes.frame(id, &topics.names[t], &topics.json[t], seq)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn ws_rate(
     sink: &mut SplitSink<Ws, Message>,
     topics: &mut Topics,
-    builder: &PayloadBuilder,
+    publishes: &mut Publishes,
+    acks: &Acks,
     rate: f64,
     duration: Duration,
     out: &mut Outcome,
@@ -258,9 +313,10 @@ async fn ws_rate(
         let due = ((elapsed.as_secs_f64() * rate) as u64 + 1).min(total);
         let lag = elapsed.saturating_sub(Duration::from_secs_f64(out.sent as f64 / rate));
         out.max_lag = out.max_lag.max(lag);
+        acks.send_replies(sink).await?;
         let mut batch = 0;
         while out.sent < due && batch < MAX_BATCH {
-            sink.feed(send_frame(topics, builder, out.sent + 1))
+            sink.feed(send_frame(topics, publishes, out.sent + 1))
                 .await
                 .context("publish")?;
             out.sent += 1;
@@ -281,7 +337,7 @@ async fn ws_rate(
 async fn ws_window(
     sink: &mut SplitSink<Ws, Message>,
     topics: &mut Topics,
-    builder: &PayloadBuilder,
+    publishes: &mut Publishes,
     acks: &Acks,
     duration: Duration,
     out: &mut Outcome,
@@ -309,7 +365,8 @@ async fn ws_window(
             }
         };
         permit.forget();
-        sink.feed(send_frame(topics, builder, out.sent + 1))
+        acks.send_replies(sink).await?;
+        sink.feed(send_frame(topics, publishes, out.sent + 1))
             .await
             .context("publish")?;
         out.sent += 1;
