@@ -6,12 +6,14 @@
 //! never once per connection — and the broker hands every matching message
 //! to the node's [`DeliverySink`].
 //!
-//! The embedded [`MemoryBroker`] serves a single node. NATS core, JetStream,
-//! Redis and Postgres LISTEN/NOTIFY implement the same trait; the optional
+//! The embedded [`MemoryBroker`] serves a single node; [`NatsBroker`] (NATS
+//! core) joins any number of nodes on one NATS. JetStream, Redis and
+//! Postgres LISTEN/NOTIFY are to implement the same trait; the optional
 //! parts of the contract (stream positions, history) exist so that durable
 //! backbones can report offsets and replay.
 
 mod memory;
+mod nats;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,22 +25,29 @@ use serde::{Deserialize, Serialize};
 use crate::topic::{Pattern, Topic};
 
 pub use memory::MemoryBroker;
+pub use nats::{NatsBroker, NatsConfig, NatsStats};
 
 /// Which backbone carries messages between nodes (`[broker]` in the
 /// configuration; each kind's options live in its variant).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+// Built once at startup; boxing the variants would only complicate the API.
+#[allow(clippy::large_enum_variant)]
 pub enum BrokerConfig {
     /// Embedded in-memory broker: a single node.
     #[default]
     Memory,
+    /// NATS core: every node on the same NATS (cluster) forms one gateway.
+    Nats(NatsConfig),
 }
 
 /// Builds the broker a configuration names. Must be called inside a Tokio
-/// runtime.
+/// runtime. Never waits for a network: networked backbones connect in the
+/// background (and report it through [`Broker::is_ready`]).
 pub fn from_config(config: &BrokerConfig) -> Result<Arc<dyn Broker>, BrokerError> {
     match config {
         BrokerConfig::Memory => Ok(Arc::new(MemoryBroker::new())),
+        BrokerConfig::Nats(c) => Ok(Arc::new(NatsBroker::new(c)?)),
     }
 }
 
@@ -54,6 +63,9 @@ pub enum BrokerError {
     Unsupported(&'static str),
     #[error("backbone closed")]
     Closed,
+    /// The `[broker]` configuration cannot work (found when the broker is built).
+    #[error("invalid [broker] configuration: {0}")]
+    Config(String),
 }
 
 /// Where a publication goes.
