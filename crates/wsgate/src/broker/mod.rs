@@ -7,13 +7,14 @@
 //! to the node's [`DeliverySink`].
 //!
 //! The embedded [`MemoryBroker`] serves a single node; [`NatsBroker`] (NATS
-//! core) joins any number of nodes on one NATS. JetStream, Redis and
-//! Postgres LISTEN/NOTIFY are to implement the same trait; the optional
-//! parts of the contract (stream positions, history) exist so that durable
-//! backbones can report offsets and replay.
+//! core) joins any number of nodes on one NATS, [`RedisBroker`] (Redis
+//! pub/sub) on one Redis. JetStream and Redis streams are to implement the
+//! same trait; the optional parts of the contract (stream positions,
+//! history) exist so that durable backbones can report offsets and replay.
 
 mod memory;
 mod nats;
+mod redis;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -24,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::topic::{Pattern, Topic};
 
+pub use self::redis::{RedisBroker, RedisConfig, RedisStats};
 pub use memory::MemoryBroker;
 pub use nats::{NatsBroker, NatsConfig, NatsStats};
 
@@ -39,6 +41,8 @@ pub enum BrokerConfig {
     Memory,
     /// NATS core: every node on the same NATS (cluster) forms one gateway.
     Nats(NatsConfig),
+    /// Redis pub/sub: every node on the same Redis forms one gateway.
+    Redis(RedisConfig),
 }
 
 /// Builds the broker a configuration names. Must be called inside a Tokio
@@ -48,6 +52,29 @@ pub fn from_config(config: &BrokerConfig) -> Result<Arc<dyn Broker>, BrokerError
     match config {
         BrokerConfig::Memory => Ok(Arc::new(MemoryBroker::new())),
         BrokerConfig::Nats(c) => Ok(Arc::new(NatsBroker::new(c)?)),
+        BrokerConfig::Redis(c) => Ok(Arc::new(RedisBroker::new(c)?)),
+    }
+}
+
+/// What a payload published on a backbone by a plain (non-wsgate) client
+/// becomes: valid JSON passes through untouched, other UTF-8 becomes a JSON
+/// string, anything else is dropped.
+pub(crate) enum ForeignPayload {
+    Json(Bytes),
+    Wrapped(Bytes),
+    NotUtf8,
+}
+
+pub(crate) fn foreign_payload(payload: Bytes) -> ForeignPayload {
+    if serde_json::from_slice::<serde::de::IgnoredAny>(&payload).is_ok() {
+        return ForeignPayload::Json(payload);
+    }
+    match std::str::from_utf8(&payload) {
+        Ok(text) => match serde_json::to_vec(text) {
+            Ok(v) => ForeignPayload::Wrapped(Bytes::from(v)),
+            Err(_) => ForeignPayload::NotUtf8,
+        },
+        Err(_) => ForeignPayload::NotUtf8,
     }
 }
 
