@@ -2,82 +2,16 @@
 //! address, `--allow-anonymous`, `wsgate token`, redacted `config show`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+mod common;
+
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-const WAIT: Duration = Duration::from_secs(30);
 const SECRET: &str = "cli-test-only-secret-0123456789abcdef";
 
-struct Server {
-    child: Child,
-    /// Port it listens on.
-    port: u16,
-    /// Log lines up to and including the "listening" line.
-    log: Vec<String>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn wsgate() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsgate"));
-    // Do not inherit auth settings from the environment running the tests.
-    for (k, _) in std::env::vars() {
-        if k.starts_with("WSGATE_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd
-}
-
-/// Starts `wsgate serve` with `args` and reads its log up to the address.
-fn start(env: &[(&str, &str)], args: &[&str]) -> Server {
-    let mut cmd = wsgate();
-    cmd.arg("serve")
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let child = cmd.spawn().unwrap();
-    // Owned by the guard from here on, so every path kills and waits for it.
-    let mut server = Server {
-        child,
-        port: 0,
-        log: Vec::new(),
-    };
-    let stderr = server.child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    loop {
-        let line = rx.recv_timeout(WAIT).expect("server logged its address");
-        let addr = line
-            .split("ws://")
-            .nth(1)
-            .map(|rest| rest.split('/').next().unwrap_or("").to_string());
-        server.log.push(line);
-        if let Some(addr) = addr {
-            server.port = addr.rsplit(':').next().unwrap().parse().unwrap();
-            return server;
-        }
-    }
-}
+use common::{serve as start, wsgate};
+use std::process::Stdio;
 
 #[test]
 fn serving_anonymously_on_a_public_address_refuses_to_start() {
@@ -120,7 +54,7 @@ async fn allow_anonymous_starts_with_a_loud_warning() {
         server.log
     );
     // The node serves (reached over loopback).
-    let url = format!("ws://127.0.0.1:{}/ws", server.port);
+    let url = format!("ws://127.0.0.1:{}/ws", server.port());
     let c = wsgate_client::Client::connect(&url).await.unwrap();
     c.ping().await.unwrap();
 
@@ -146,7 +80,7 @@ async fn quick_start_on_loopback_still_works_and_warns() {
             .iter()
             .any(|l| l.contains("ANONYMOUS ACCESS IS ON"))
     );
-    let url = format!("ws://127.0.0.1:{}/ws", server.port);
+    let url = format!("ws://127.0.0.1:{}/ws", server.port());
     let c = wsgate_client::Client::connect(&url).await.unwrap();
     c.subscribe(&[">"]).await.unwrap();
 }
@@ -210,14 +144,14 @@ async fn token_command_mints_a_token_the_configured_node_accepts() {
         &[("WSGATE_AUTH__SECRET", SECRET)],
         &["--listen", "127.0.0.1:0", "-s", "auth.anonymous=false"],
     );
-    let url = format!("ws://127.0.0.1:{}/ws?token={token}", server.port);
+    let url = format!("ws://127.0.0.1:{}/ws?token={token}", server.port());
     let client = wsgate_client::Client::connect(&url).await.unwrap();
     client.subscribe(&["chat.room1"]).await.unwrap();
     match client.subscribe(&["orders.eu"]).await {
         Err(wsgate_client::ClientError::Rpc { code, .. }) => assert_eq!(code, -32001),
         other => panic!("expected forbidden, got {other:?}"),
     }
-    let anonymous = format!("ws://127.0.0.1:{}/ws", server.port);
+    let anonymous = format!("ws://127.0.0.1:{}/ws", server.port());
     match wsgate_client::Client::connect(&anonymous).await {
         Err(wsgate_client::ClientError::WebSocket(
             tokio_tungstenite::tungstenite::Error::Http(r),

@@ -1,58 +1,17 @@
 //! The real `wsgate` binary: serve, configuration layering, SIGTERM.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+mod common;
 
-const WAIT: Duration = Duration::from_secs(30);
+use std::process::Command;
 
-struct Server {
-    child: Child,
-    addr: String,
-}
+use common::{Server, WAIT};
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `wsgate serve` on a free port and reads the address it logs.
+/// Starts `wsgate serve` on a free port.
 fn start(extra_env: &[(&str, &str)], args: &[&str]) -> Server {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsgate"));
-    cmd.arg("serve")
-        .args(["--listen", "127.0.0.1:0"])
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (k, v) in extra_env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("ws://").nth(1) {
-                let addr = rest.split('/').next().unwrap_or("").to_string();
-                let _ = tx.send(addr);
-            }
-        }
-    });
-    let addr = rx.recv_timeout(WAIT).expect("server logged its address");
-    Server { child, addr }
-}
-
-fn sigterm(child: &Child) {
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
+    let mut all = vec!["--listen", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    common::serve(extra_env, &all)
 }
 
 #[tokio::test]
@@ -65,7 +24,7 @@ async fn sigterm_flushes_closes_1001_and_exits_0() {
     for i in 0..200 {
         publisher.publish("bin.t", &i).await.unwrap();
     }
-    sigterm(&server.child);
+    server.sigterm();
     for i in 0..200 {
         let n = tokio::time::timeout(WAIT, sub.next_notification())
             .await

@@ -2,110 +2,32 @@
 //! (`[broker] kind = "nats"` through the environment).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
 #[path = "../../wsgate/tests/common/nats.rs"]
 mod nats;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use nats::NatsServer;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 use wsgate_client::{Client, Notification};
 
-const WAIT: Duration = Duration::from_secs(30);
-
-struct Node {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::{Server as Node, WAIT};
 
 /// Starts `wsgate serve` on a free port with the NATS backbone; returns once
 /// it logged its address (not necessarily ready).
 fn start(nats: &NatsServer, name: &str) -> Node {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "info")
-        .env("WSGATE_BROKER__KIND", "nats")
-        .env("WSGATE_BROKER__URL", nats.url())
-        .env("WSGATE_BROKER__NAME", name)
-        .env("WSGATE_BROKER__RECONNECT_DELAY_MIN", "20ms")
-        .env("WSGATE_BROKER__RECONNECT_DELAY_MAX", "200ms")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("ws://").nth(1) {
-                let addr = rest.split('/').next().unwrap_or("").to_string();
-                let _ = tx.send(addr);
-            }
-        }
-    });
-    let addr = rx.recv_timeout(WAIT).expect("server logged its address");
-    Node { child, addr }
-}
-
-impl Node {
-    fn url(&self) -> String {
-        format!("ws://{}/ws", self.addr)
-    }
-
-    fn http(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    async fn client(&self) -> Client {
-        Client::connect(&self.url()).await.unwrap()
-    }
-
-    async fn readyz(&self) -> u16 {
-        reqwest::get(self.http("/readyz"))
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    }
-
-    async fn wait_ready(&self, ready: bool) {
-        let want = if ready { 200 } else { 503 };
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let got = self.readyz().await;
-            if got == want {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{}: /readyz stuck at {got}, expected {want}",
-                self.addr
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn post(&self, path: &str, body: &str) -> u16 {
-        reqwest::Client::new()
-            .post(self.http(path))
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    }
+    let url = nats.url();
+    common::serve(
+        &[
+            ("WSGATE_BROKER__KIND", "nats"),
+            ("WSGATE_BROKER__URL", url.as_str()),
+            ("WSGATE_BROKER__NAME", name),
+            ("WSGATE_BROKER__RECONNECT_DELAY_MIN", "20ms"),
+            ("WSGATE_BROKER__RECONNECT_DELAY_MAX", "200ms"),
+        ],
+        &["--listen", "127.0.0.1:0"],
+    )
 }
 
 async fn next(c: &mut Client) -> Notification {
