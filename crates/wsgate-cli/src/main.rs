@@ -213,10 +213,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let gateway = Gateway::new(config)?;
     let listener = wsgate::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     let local = listener.local_addr()?;
+    let (http, ws) = if gateway.config().tls.enabled() {
+        ("https", "wss")
+    } else {
+        ("http", "ws")
+    };
+    // Tests and scripts read the address from this line.
     tracing::info!(
         %local,
         broker = gateway.broker_name(),
-        "wsgate listening: chat demo at http://{local}/, WebSocket at ws://{local}/ws"
+        "wsgate listening: chat demo at {http}://{local}/, WebSocket at {ws}://{local}/ws"
     );
     gateway.serve(listener, shutdown_signal()).await?;
     tracing::info!("stopped");

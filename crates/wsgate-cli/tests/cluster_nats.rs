@@ -6,7 +6,6 @@ mod common;
 #[path = "../../wsgate/tests/common/nats.rs"]
 mod nats;
 
-
 use nats::NatsServer;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;

@@ -4,7 +4,7 @@
 //! them all.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
@@ -15,6 +15,7 @@ pub use crate::auth::AuthConfig;
 pub use crate::broker::BrokerConfig;
 use crate::protocol::ParseLimits;
 use crate::queue::{QueueLimits, SlowConsumerPolicy};
+pub use crate::source::SourcesConfig;
 
 /// The whole node configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -30,6 +31,11 @@ pub struct Config {
     pub log: Log,
     /// Authentication and authorization (`docs/security.md`).
     pub auth: AuthConfig,
+    /// Inbound sources: `[[sources.postgres]]` (`docs/backbones.md`).
+    #[serde(default)]
+    pub sources: SourcesConfig,
+    /// TLS (`wss://`, `https://`) and HTTP/2.
+    pub tls: TlsConfig,
 }
 
 impl Default for Config {
@@ -43,6 +49,8 @@ impl Default for Config {
             broker: BrokerConfig::default(),
             log: Log::default(),
             auth: AuthConfig::default(),
+            sources: SourcesConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -67,6 +75,37 @@ pub struct Limits {
     /// Time allowed for a client to send its HTTP request head (slow-loris guard).
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
+    /// Requests per second one connection may make (token bucket refill
+    /// rate; each request of a batch counts). 0 turns the limit off.
+    pub message_rate: f64,
+    /// Token bucket size for `message_rate`: requests allowed in a burst.
+    /// 0 means "the same as `message_rate`" (at least 1).
+    pub message_burst: u32,
+    /// Close a connection (4008) after this many rate-limited requests
+    /// within `rate_limit_window`. 0 never closes.
+    pub rate_limit_close_after: u32,
+    /// Window for `rate_limit_close_after`.
+    #[serde(with = "humantime_serde")]
+    pub rate_limit_window: Duration,
+    /// Concurrent WebSocket connections from one IP address (IPv6: one
+    /// /64); more get HTTP 429. 0 turns the limit off.
+    pub max_connections_per_ip: usize,
+    /// WebSocket upgrades per second from one IP address (IPv6: one /64),
+    /// as a token bucket; more get HTTP 429. 0 turns the limit off.
+    pub ip_connection_rate: f64,
+    /// Token bucket size for `ip_connection_rate`. 0 means "the same as
+    /// `ip_connection_rate`" (at least 1).
+    pub ip_connection_burst: u32,
+    /// Concurrent WebSocket connections per user (token `sub`); more get
+    /// HTTP 429. Anonymous connections are not counted here. 0: off.
+    pub max_connections_per_user: usize,
+    /// Close a connection (4009) that sent no text or binary message for
+    /// this long, even if it answers pings. 0 turns it off.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Resident memory (bytes) above which new upgrades are refused with
+    /// HTTP 503. Sampled from /proc at most every 100 ms. 0 turns it off.
+    pub max_memory: u64,
 }
 
 impl Default for Limits {
@@ -80,6 +119,16 @@ impl Default for Limits {
             max_batch_requests: 64,
             max_json_depth: 32,
             handshake_timeout: Duration::from_secs(10),
+            message_rate: 0.0,
+            message_burst: 0,
+            rate_limit_close_after: 100,
+            rate_limit_window: Duration::from_secs(10),
+            max_connections_per_ip: 0,
+            ip_connection_rate: 0.0,
+            ip_connection_burst: 0,
+            max_connections_per_user: 0,
+            idle_timeout: Duration::ZERO,
+            max_memory: 0,
         }
     }
 }
@@ -142,6 +191,49 @@ impl Default for Shutdown {
         Shutdown {
             grace: Duration::from_secs(10),
         }
+    }
+}
+
+/// The `[tls]` section: with `cert` and `key`, the node serves `https://`
+/// and `wss://` only (see `docs/security.md#tls`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the certificate chain (leaf first).
+    pub cert: Option<PathBuf>,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Option<PathBuf>,
+    /// Offer HTTP/2 through ALPN (`h2`, then `http/1.1`), with WebSocket
+    /// over HTTP/2 (RFC 8441). HTTP/1.1 always works.
+    pub http2: bool,
+    /// How often the files are checked for changes (then reloaded; SIGHUP
+    /// reloads at once). 0 turns the check off.
+    #[serde(with = "humantime_serde")]
+    pub watch_interval: Duration,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert: None,
+            key: None,
+            http2: true,
+            watch_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+impl TlsConfig {
+    /// True when TLS is configured.
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some()
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.cert.is_some() != self.key.is_some() {
+            return Err("tls.cert and tls.key must be set together".into());
+        }
+        Ok(())
     }
 }
 
@@ -233,6 +325,19 @@ impl Config {
                 "limits.max_connections and max_subscriptions_per_connection must be positive",
             );
         }
+        let rate_ok = |r: f64| r.is_finite() && r >= 0.0;
+        if !rate_ok(l.message_rate) || !rate_ok(l.ip_connection_rate) {
+            return bad(
+                "limits.message_rate and ip_connection_rate must be finite and not negative",
+            );
+        }
+        if l.message_rate > 0.0 && l.rate_limit_close_after > 0 && l.rate_limit_window.is_zero() {
+            return bad("limits.rate_limit_window must be positive");
+        }
+        if !l.idle_timeout.is_zero() && l.idle_timeout < Duration::from_millis(100) {
+            return bad("limits.idle_timeout must be 0 (off) or at least 100ms");
+        }
+        self.tls.validate().map_err(ConfigError::Invalid)?;
         if self.outbound.max_messages == 0 {
             return bad("outbound.max_messages must be positive");
         }
@@ -244,6 +349,9 @@ impl Config {
         }
         self.auth
             .validate(self.listen, l.max_topic_length)
+            .map_err(ConfigError::Invalid)?;
+        self.sources
+            .validate(l.max_topic_length)
             .map_err(ConfigError::Invalid)?;
         Ok(())
     }

@@ -15,7 +15,8 @@ pub mod code {
     pub const INTERNAL: i32 = -32603;
     /// The caller may not do this (topic permissions, origin, refresh).
     pub const FORBIDDEN: i32 = -32001;
-    /// Too many requests (reserved for rate limits).
+    /// Too many requests: the connection's message rate (`limits.message_rate`),
+    /// or an upgrade over a per-address or per-user limit (HTTP 429).
     pub const RATE_LIMITED: i32 = -32002;
     pub const TOO_MANY_SUBSCRIPTIONS: i32 = -32003;
     pub const BACKBONE_UNAVAILABLE: i32 = -32004;
@@ -49,6 +50,9 @@ pub enum Error {
     Backbone(String),
     #[error("server is shutting down")]
     ShuttingDown,
+    /// A rate or per-address/per-user connection limit was exceeded.
+    #[error("rate limited: {0}")]
+    RateLimited(String),
     #[error("request body exceeds the limit of {limit} bytes")]
     TooLarge { limit: usize },
     #[error("internal error: {0}")]
@@ -71,6 +75,7 @@ impl Error {
             Error::Unauthorized(_) => code::UNAUTHORIZED,
             Error::Backbone(_) => code::BACKBONE_UNAVAILABLE,
             Error::ShuttingDown => code::SHUTTING_DOWN,
+            Error::RateLimited(_) => code::RATE_LIMITED,
             Error::Internal(_) => code::INTERNAL,
         }
     }
@@ -89,6 +94,7 @@ impl Error {
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Backbone(_) | Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Error::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -128,6 +134,12 @@ pub enum CloseReason {
     /// The connection's token expired (plus `auth.leeway` and
     /// `auth.expiry_grace`) without a `refresh`.
     TokenExpired,
+    /// The connection kept exceeding its message rate
+    /// (`limits.rate_limit_close_after` limited requests within
+    /// `limits.rate_limit_window`).
+    RateLimited,
+    /// The connection sent no message for `limits.idle_timeout`.
+    IdleTimeout,
 }
 
 impl CloseReason {
@@ -143,6 +155,8 @@ impl CloseReason {
             CloseReason::PingTimeout => 4001,
             CloseReason::WriteTimeout => 4002,
             CloseReason::TokenExpired => 4003,
+            CloseReason::RateLimited => 4008,
+            CloseReason::IdleTimeout => 4009,
         }
     }
 
@@ -158,6 +172,8 @@ impl CloseReason {
             CloseReason::PingTimeout => "ping timeout",
             CloseReason::WriteTimeout => "write timeout",
             CloseReason::TokenExpired => "token expired",
+            CloseReason::RateLimited => "rate limit exceeded",
+            CloseReason::IdleTimeout => "idle timeout",
         }
     }
 }

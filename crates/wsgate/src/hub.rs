@@ -18,7 +18,7 @@
 
 use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -39,6 +39,10 @@ const INTEREST_QUEUE: usize = 1024;
 
 type Shard = RwLock<FxHashMap<Topic, Subscribers<Arc<Outbound>>>>;
 
+/// Live deliveries held back for a connection while it replays a topic's
+/// history: (offset, encoded frame).
+type Held = Vec<(Option<u64>, Bytes)>;
+
 struct InterestCmd {
     patterns: Vec<Pattern>,
     done: Option<oneshot::Sender<Result<(), BrokerError>>>,
@@ -51,6 +55,11 @@ pub struct Hub {
     next_id: AtomicU64,
     metrics: Arc<Metrics>,
     interest: mpsc::Sender<InterestCmd>,
+    /// Connections replaying a topic (`subscribe` with `since`): their live
+    /// deliveries of that topic are held here until the replay is queued.
+    replaying: parking_lot::Mutex<FxHashMap<(ConnId, Topic), Held>>,
+    /// Entries in `replaying`, so that fan-out skips its lock when zero.
+    replaying_count: AtomicUsize,
 }
 
 impl Hub {
@@ -64,6 +73,8 @@ impl Hub {
             next_id: AtomicU64::new(1),
             metrics,
             interest: tx,
+            replaying: parking_lot::Mutex::default(),
+            replaying_count: AtomicUsize::new(0),
         });
         broker.attach(Arc::new(HubSink(Arc::downgrade(&hub))));
         tokio::spawn(interest_task(Arc::downgrade(&hub), broker, rx));
@@ -86,6 +97,14 @@ impl Hub {
     /// session's reverse index).
     pub async fn unregister(&self, id: ConnId, subs: impl IntoIterator<Item = Pattern>) {
         self.conns.write().remove(&id);
+        if self.replaying_count.load(Ordering::Acquire) > 0 {
+            // A session torn down in the middle of a replay.
+            let mut r = self.replaying.lock();
+            let before = r.len();
+            r.retain(|(conn, _), _| *conn != id);
+            self.replaying_count
+                .fetch_sub(before - r.len(), Ordering::AcqRel);
+        }
         let subs: Vec<Pattern> = subs.into_iter().collect();
         self.unsubscribe(id, &subs).await;
     }
@@ -201,16 +220,91 @@ impl Hub {
                 }
             }
             Target::Topic(topic) => {
-                let payload = protocol::encode_message(topic.as_str(), data);
-                self.fan_out(topic, &payload);
+                let position = delivery.position.as_ref();
+                let payload = protocol::encode_message_at(
+                    topic.as_str(),
+                    data,
+                    position.map(|p| (p.offset, &*p.epoch)),
+                );
+                self.fan_out(topic, &payload, position.map(|p| p.offset));
             }
         }
     }
 
-    fn fan_out(&self, topic: &Topic, payload: &Bytes) {
+    /// Starts holding back `topic`'s live deliveries to connection `id`
+    /// (before it subscribes, for a replay); [`Hub::end_replay`] releases them.
+    pub(crate) fn begin_replay(&self, id: ConnId, topic: &Topic) {
+        let mut r = self.replaying.lock();
+        if r.insert((id, topic.clone()), Vec::new()).is_none() {
+            self.replaying_count.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Queues the held deliveries whose offset is after `replayed` (the last
+    /// replayed offset; every held one when `None`), in order, and delivers
+    /// live again. Runs under the lock fan-out takes, so nothing interleaves.
+    pub(crate) fn end_replay(
+        &self,
+        id: ConnId,
+        topic: &Topic,
+        out: &Outbound,
+        replayed: Option<u64>,
+    ) {
+        let mut r = self.replaying.lock();
+        let Some(held) = r.remove(&(id, topic.clone())) else {
+            return;
+        };
+        let at = Instant::now();
+        for (offset, payload) in held {
+            if let (Some(o), Some(last)) = (offset, replayed) {
+                if o <= last {
+                    continue;
+                }
+            }
+            self.push(out, &payload, at);
+        }
+        // After the pushes: a fan-out that sees the count drop to zero
+        // delivers after them.
+        self.replaying_count.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// [`Hub::fan_out`] while some connection replays: deliveries to
+    /// replaying connections are held.
+    fn fan_out_holding(&self, topic: &Topic, payload: &Bytes, offset: Option<u64>) {
+        let at = Instant::now();
+        let mut held = self.replaying.lock();
+        let wild = self.wild.read();
+        let shard = self.shard(topic.as_str()).read();
+        let mut seen: FxHashSet<ConnId> = FxHashSet::default();
+        let mut deliver = |id: ConnId, out: &Arc<Outbound>| {
+            if !seen.insert(id) {
+                return;
+            }
+            // Key lookups clone an Arc only while some replay runs.
+            match held.get_mut(&(id, topic.clone())) {
+                Some(h) => h.push((offset, payload.clone())),
+                None => self.push(out, payload, at),
+            }
+        };
+        if let Some(subs) = shard.get(topic.as_str()) {
+            for (id, out) in subs {
+                deliver(*id, out);
+            }
+        }
+        wild.for_each_match(topic, |id, out| deliver(id, out));
+    }
+
+    fn fan_out(&self, topic: &Topic, payload: &Bytes, offset: Option<u64>) {
         let at = Instant::now();
         let wild = self.wild.read();
         let shard = self.shard(topic.as_str()).read();
+        // Read under the shard lock: a connection that began a replay before
+        // subscribing is then seen replaying.
+        if self.replaying_count.load(Ordering::Acquire) > 0 {
+            drop(shard);
+            drop(wild);
+            return self.fan_out_holding(topic, payload, offset);
+        }
         let exact = shard.get(topic.as_str());
         if wild.is_empty() {
             if let Some(subs) = exact {
@@ -319,5 +413,69 @@ async fn interest_task(
         if let Some(done) = cmd.done {
             let _ = done.send(result);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use super::*;
+    use crate::broker::{MemoryBroker, StreamPosition};
+    use crate::queue::{QueueLimits, SlowConsumerPolicy};
+
+    fn offsets(out: &Outbound) -> Vec<u64> {
+        let mut frames = VecDeque::new();
+        out.take_all(&mut frames);
+        frames
+            .iter()
+            .map(|f| {
+                let v: serde_json::Value = serde_json::from_slice(&f.payload).unwrap_or_default();
+                v["params"]["offset"].as_u64().unwrap_or(0)
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_replaying_connection_gets_held_deliveries_after_the_replay() {
+        let hub = Hub::start(Arc::new(MemoryBroker::new()), Arc::new(Metrics::new()));
+        let out = Arc::new(Outbound::new(QueueLimits {
+            max_messages: 100,
+            max_bytes: 1 << 20,
+            policy: SlowConsumerPolicy::Disconnect,
+        }));
+        let other = Arc::new(Outbound::new(QueueLimits {
+            max_messages: 100,
+            max_bytes: 1 << 20,
+            policy: SlowConsumerPolicy::Disconnect,
+        }));
+        let topic = Topic::parse("t", 64).unwrap_or_else(|e| panic!("{e}"));
+        let pattern = Pattern::parse("t", 64).unwrap_or_else(|e| panic!("{e}"));
+        let wild = Pattern::parse("*", 64).unwrap_or_else(|e| panic!("{e}"));
+        let id = hub.register(out.clone());
+        let id2 = hub.register(other.clone());
+        hub.add(id2, &other, std::slice::from_ref(&wild));
+        hub.begin_replay(id, &topic);
+        hub.add(id, &out, std::slice::from_ref(&pattern));
+        let deliver = |offset: u64| {
+            hub.dispatch(&Delivery {
+                target: Target::Topic(topic.clone()),
+                data: Bytes::from_static(b"1"),
+                position: Some(StreamPosition {
+                    offset,
+                    epoch: Arc::from("e"),
+                }),
+            })
+        };
+        for o in 3..=6 {
+            deliver(o);
+        }
+        assert_eq!(offsets(&out), Vec::<u64>::new(), "held during the replay");
+        assert_eq!(offsets(&other), vec![3, 4, 5, 6], "others are not held");
+        // The replay queued up to offset 4: 5 and 6 follow, then live.
+        hub.end_replay(id, &topic, &out, Some(4));
+        deliver(7);
+        assert_eq!(offsets(&out), vec![5, 6, 7]);
+        assert_eq!(hub.replaying_count.load(Ordering::Acquire), 0);
     }
 }

@@ -21,6 +21,10 @@
 //! * `rpc` — a connection's protocol state and the method implementations.
 //! * `server` — HTTP routes, the WebSocket upgrade, the accept loop.
 //! * [`auth`] — JWT identity, topic permissions, API keys, origins.
+//! * [`limits`] — request rate, per-IP/per-user connections, memory
+//!   pressure; `tls` — certificates for `serve`, reloaded on change.
+//! * [`source`] — inbound sources: Postgres `LISTEN`/`NOTIFY` mapped to
+//!   topics by templates.
 //! * [`config`], [`metrics`], [`error`] — configuration layers, Prometheus
 //!   metrics, and the single mapping of errors to JSON-RPC codes, HTTP
 //!   statuses and close codes.
@@ -45,12 +49,15 @@ pub mod broker;
 pub mod config;
 pub mod error;
 pub mod hub;
+pub mod limits;
 pub mod metrics;
 pub mod protocol;
 pub mod queue;
 mod rpc;
 mod server;
 mod session;
+pub mod source;
+mod tls;
 pub mod topic;
 pub mod trie;
 pub mod ws;
@@ -101,6 +108,13 @@ pub(crate) struct Shared {
     pub(crate) sessions: TaskTracker,
     /// WebSocket connections admitted (for `limits.max_connections`).
     pub(crate) admitted: AtomicUsize,
+    /// Per-IP, per-user and memory-pressure admission state.
+    pub(crate) limits: limits::ConnLimits,
+    /// `[tls]`: the certificate for `serve`, or why it could not be loaded.
+    pub(crate) tls: Result<Option<Arc<tls::Tls>>, String>,
+    /// Inbound sources (`[sources]`), running from construction until
+    /// shutdown (or drop).
+    pub(crate) sources: source::Sources,
 }
 
 impl Shared {
@@ -123,6 +137,8 @@ impl Gateway {
             .validate()
             .map_err(|e| Error::InvalidParams(e.to_string()))?;
         let auth = auth::Auth::new(&config).map_err(Error::InvalidParams)?;
+        // Fail early on unreadable certificate files (loaded again below).
+        tls::Tls::from_config(&config.tls).map_err(Error::InvalidParams)?;
         let broker = broker::from_config(&config.broker)?;
         Ok(Self::assemble(config, broker, auth))
     }
@@ -141,6 +157,22 @@ impl Gateway {
     fn assemble(config: Config, broker: Arc<dyn Broker>, auth: auth::Auth) -> Gateway {
         let metrics = Arc::new(Metrics::new());
         let hub = Hub::start(broker.clone(), metrics.clone());
+        let shutdown = CancellationToken::new();
+        let sources = source::Sources::start(
+            &config.sources,
+            source::Context {
+                hub: hub.clone(),
+                broker: broker.clone(),
+                metrics: metrics.clone(),
+                max_topic_length: config.limits.max_topic_length,
+            },
+            shutdown.child_token(),
+        );
+        let conn_limits = limits::ConnLimits::new(&config.limits);
+        let tls = tls::Tls::from_config(&config.tls);
+        if let Err(e) = &tls {
+            tracing::error!(error = %e, "invalid [tls] configuration: serve will fail");
+        }
         Gateway {
             shared: Arc::new(Shared {
                 config,
@@ -148,9 +180,12 @@ impl Gateway {
                 broker,
                 metrics,
                 auth,
-                shutdown: CancellationToken::new(),
+                shutdown,
                 sessions: TaskTracker::new(),
                 admitted: AtomicUsize::new(0),
+                limits: conn_limits,
+                tls,
+                sources,
             }),
         }
     }
@@ -187,6 +222,9 @@ impl Gateway {
                 ?grace,
                 "shutdown grace period over; cutting the remaining connections"
             );
+        }
+        if !s.sources.stop(grace).await {
+            tracing::warn!("inbound sources did not stop within the grace period");
         }
         s.broker.close().await;
         done
@@ -251,6 +289,12 @@ impl Gateway {
     /// WebSocket connections currently open on this node.
     pub fn connections(&self) -> usize {
         self.shared.hub.connections()
+    }
+
+    /// The state of each inbound source (`[sources]`), in configuration
+    /// order. A disconnected source does not make the node unready.
+    pub fn sources(&self) -> Vec<source::SourceStatus> {
+        self.shared.sources.status()
     }
 }
 

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
@@ -104,6 +105,24 @@ pub struct Metrics {
     pub rejected_connections: Counter,
     pub protocol_errors: Counter,
     pub publish_to_write: LatencyHistogram,
+    /// Requests refused with -32002 (`limits.message_rate`).
+    pub rate_limited: Counter,
+    /// Connections closed with 4008 (persistent rate-limit abuse).
+    pub rate_limit_disconnects: Counter,
+    /// Connections closed with 4009 (`limits.idle_timeout`).
+    pub idle_timeouts: Counter,
+    /// Refused upgrades by `reason` (see [`Metrics::refused`]).
+    pub upgrades_refused: Family<Vec<(&'static str, &'static str)>, Counter>,
+    /// Resident memory at the last sample (`limits.max_memory`).
+    pub memory_rss: Gauge,
+    pub tls_reloads: Counter,
+    pub tls_reload_failures: Counter,
+    /// Inbound sources (`[sources]`): notifications received, notifications
+    /// not published (malformed, publish failed, queue full), sources
+    /// connected now.
+    pub source_notifications: Counter,
+    pub source_errors: Counter,
+    pub sources_connected: Gauge,
     registry: Registry,
 }
 
@@ -185,7 +204,7 @@ impl Metrics {
         );
         let rejected_connections = reg!(
             "rejected_connections",
-            "WebSocket upgrades refused (connection limit, shutdown)",
+            "WebSocket upgrades refused (all reasons; see upgrades_refused)",
             Counter::default()
         );
         let protocol_errors = reg!(
@@ -193,11 +212,61 @@ impl Metrics {
             "Requests answered with a JSON-RPC error",
             Counter::default()
         );
+        let rate_limited = reg!(
+            "rate_limited",
+            "Requests refused with -32002 because the connection exceeded limits.message_rate",
+            Counter::default()
+        );
+        let rate_limit_disconnects = reg!(
+            "rate_limit_disconnects",
+            "Connections closed with 4008 for exceeding their message rate persistently",
+            Counter::default()
+        );
+        let idle_timeouts = reg!(
+            "idle_timeouts",
+            "Connections closed with 4009 after limits.idle_timeout without a message",
+            Counter::default()
+        );
+        let upgrades_refused = reg!(
+            "upgrades_refused",
+            "WebSocket upgrades refused, by reason",
+            Family::<Vec<(&'static str, &'static str)>, Counter>::default()
+        );
+        let memory_rss = reg!(
+            "memory_rss_bytes",
+            "Resident memory of the process at the last sample (with limits.max_memory)",
+            Gauge::default()
+        );
+        let tls_reloads = reg!(
+            "tls_reloads",
+            "TLS certificate reloads (SIGHUP or changed files)",
+            Counter::default()
+        );
+        let tls_reload_failures = reg!(
+            "tls_reload_failures",
+            "TLS certificate reloads that failed (the previous certificate stays)",
+            Counter::default()
+        );
         let publish_to_write = LatencyHistogram::default();
         registry.register(
             "publish_to_write_seconds",
             "Time from accepting a publication to writing it to a subscriber's socket",
             publish_to_write.clone(),
+        );
+        let source_notifications = reg!(
+            "source_notifications",
+            "Notifications received from inbound sources (Postgres LISTEN)",
+            Counter::default()
+        );
+        let source_errors = reg!(
+            "source_errors",
+            "Source notifications not published: malformed payload, bad topic, publish failure, queue full",
+            Counter::default()
+        );
+        let sources_connected = reg!(
+            "sources_connected",
+            "Inbound sources connected and listening now",
+            Gauge::default()
         );
         Metrics {
             connections,
@@ -215,8 +284,28 @@ impl Metrics {
             rejected_connections,
             protocol_errors,
             publish_to_write,
+            rate_limited,
+            rate_limit_disconnects,
+            idle_timeouts,
+            upgrades_refused,
+            memory_rss,
+            tls_reloads,
+            tls_reload_failures,
+            source_notifications,
+            source_errors,
+            sources_connected,
             registry,
         }
+    }
+
+    /// Counts a refused WebSocket upgrade, in
+    /// `wsgate_rejected_connections_total` and by reason in
+    /// `wsgate_upgrades_refused_total{reason=...}`.
+    pub fn refused(&self, reason: &'static str) {
+        self.rejected_connections.inc();
+        self.upgrades_refused
+            .get_or_create(&vec![("reason", reason)])
+            .inc();
     }
 
     /// Renders the Prometheus/OpenMetrics text exposition.

@@ -28,6 +28,18 @@ pub struct ParseLimits {
 #[derive(Debug)]
 pub enum Call<'a> {
     Subscribe(Vec<Pattern>),
+    /// `subscribe` with `since`: one exact topic, recovering what was
+    /// published after the client's last position.
+    SubscribeSince {
+        topic: Topic,
+        offset: u64,
+        epoch: Cow<'a, str>,
+    },
+    /// `history`: the last `limit` messages of a topic.
+    History {
+        topic: Topic,
+        limit: usize,
+    },
     Unsubscribe(Vec<Pattern>),
     Publish {
         topic: Topic,
@@ -99,6 +111,24 @@ struct TopicsParams<'a> {
     topic: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     topics: Option<Vec<Cow<'a, str>>>,
+    #[serde(borrow, default)]
+    since: Option<SinceParam<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SinceParam<'a> {
+    offset: u64,
+    #[serde(borrow)]
+    epoch: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryParams<'a> {
+    #[serde(borrow)]
+    topic: Cow<'a, str>,
+    limit: usize,
 }
 
 #[derive(Deserialize)]
@@ -265,8 +295,40 @@ fn parse_call<'a>(
     limits: &ParseLimits,
 ) -> Result<Call<'a>, Error> {
     match method {
-        "subscribe" => Ok(Call::Subscribe(patterns(params(raw)?, limits)?)),
-        "unsubscribe" => Ok(Call::Unsubscribe(patterns(params(raw)?, limits)?)),
+        "subscribe" => {
+            let mut p: TopicsParams<'a> = params(raw)?;
+            match p.since.take() {
+                None => Ok(Call::Subscribe(patterns(p, limits)?)),
+                Some(since) => {
+                    let (Some(t), None) = (p.topic, p.topics) else {
+                        return Err(Error::InvalidParams(
+                            r#""since" needs one exact "topic""#.into(),
+                        ));
+                    };
+                    Ok(Call::SubscribeSince {
+                        topic: exact_topic(&t, limits)?,
+                        offset: since.offset,
+                        epoch: since.epoch,
+                    })
+                }
+            }
+        }
+        "history" => {
+            let p: HistoryParams<'a> = params(raw)?;
+            Ok(Call::History {
+                topic: exact_topic(&p.topic, limits)?,
+                limit: p.limit,
+            })
+        }
+        "unsubscribe" => {
+            let p: TopicsParams<'a> = params(raw)?;
+            if p.since.is_some() {
+                return Err(Error::InvalidParams(
+                    r#""since" is only for subscribe"#.into(),
+                ));
+            }
+            Ok(Call::Unsubscribe(patterns(p, limits)?))
+        }
         "publish" => {
             let p: PublishParams<'a> = params(raw)?;
             let topic = Topic::parse(&p.topic, limits.max_topic_length).map_err(|reason| {
@@ -292,6 +354,13 @@ fn parse_call<'a>(
         "ping" => Ok(Call::Ping),
         other => Err(Error::MethodNotFound(truncate(other, 64).to_string())),
     }
+}
+
+fn exact_topic(t: &str, limits: &ParseLimits) -> Result<Topic, Error> {
+    Topic::parse(t, limits.max_topic_length).map_err(|reason| Error::InvalidTopic {
+        topic: truncate(t, 300).to_string(),
+        reason,
+    })
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -357,13 +426,50 @@ fn push_json_str(out: &mut String, s: &str) {
 /// The `message` notification for a publication, encoded once and shared by
 /// every subscriber. `data` must be valid JSON text.
 pub fn encode_message(topic: &str, data: &str) -> Bytes {
-    let mut out = String::with_capacity(MESSAGE_HEAD.len() + topic.len() + data.len() + 16);
+    encode_message_at(topic, data, None)
+}
+
+/// [`encode_message`] with the message's position in a durable history
+/// (`"offset"` and `"epoch"` after `"data"`), when the backbone has one.
+pub fn encode_message_at(topic: &str, data: &str, position: Option<(u64, &str)>) -> Bytes {
+    let extra = position.map_or(0, |(_, e)| e.len() + 40);
+    let mut out = String::with_capacity(MESSAGE_HEAD.len() + topic.len() + data.len() + 16 + extra);
     out.push_str(MESSAGE_HEAD);
     push_json_str(&mut out, topic);
     out.push_str(r#","data":"#);
     out.push_str(data);
+    if let Some((offset, epoch)) = position {
+        out.push_str(r#","offset":"#);
+        out.push_str(&offset.to_string());
+        out.push_str(r#","epoch":"#);
+        push_json_str(&mut out, epoch);
+    }
     out.push_str("}}");
     Bytes::from(out)
+}
+
+/// The result of `history` and the recovery fields of `subscribe` with
+/// `since`: `"epoch":...,"messages":[{"offset":N,"data":...},...]` (without
+/// braces, to be placed in an object). Every `data` must be JSON text.
+pub fn encode_history<'d>(
+    epoch: &str,
+    messages: impl IntoIterator<Item = (u64, &'d str)>,
+) -> String {
+    let mut out = String::from(r#""epoch":"#);
+    push_json_str(&mut out, epoch);
+    out.push_str(r#","messages":["#);
+    for (i, (offset, data)) in messages.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(r#"{"offset":"#);
+        out.push_str(&offset.to_string());
+        out.push_str(r#","data":"#);
+        out.push_str(data);
+        out.push('}');
+    }
+    out.push(']');
+    out
 }
 
 /// The `broadcast` notification delivered to every connection.
@@ -420,6 +526,51 @@ pub fn encode_topic_list(key: &str, patterns: &[Pattern]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn since_history_and_positions() {
+        fn one(text: &str) -> Result<Call<'_>, Error> {
+            match parse(text, &LIMITS) {
+                Incoming::Single(r) => r.call,
+                other => panic!("{other:?}"),
+            }
+        }
+        match one(
+            r#"{"jsonrpc":"2.0","id":1,"method":"subscribe","params":{"topic":"a.b","since":{"offset":7,"epoch":"e1"}}}"#,
+        ) {
+            Ok(Call::SubscribeSince {
+                topic,
+                offset,
+                epoch,
+            }) => {
+                assert_eq!((topic.as_str(), offset, &*epoch), ("a.b", 7, "e1"));
+            }
+            other => panic!("{other:?}"),
+        }
+        for bad in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"subscribe","params":{"topic":"a.*","since":{"offset":7,"epoch":"e"}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"subscribe","params":{"topics":["a"],"since":{"offset":7,"epoch":"e"}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"subscribe","params":{"topic":"a","since":{"offset":-1,"epoch":"e"}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"unsubscribe","params":{"topic":"a","since":{"offset":1,"epoch":"e"}}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"history","params":{"topic":"a.>","limit":1}}"#,
+        ] {
+            assert!(one(bad).is_err(), "{bad}");
+        }
+        match one(r#"{"jsonrpc":"2.0","id":1,"method":"history","params":{"topic":"a","limit":3}}"#)
+        {
+            Ok(Call::History { topic, limit }) => assert_eq!((topic.as_str(), limit), ("a", 3)),
+            other => panic!("{other:?}"),
+        }
+        let m = encode_message_at("t", "[1]", Some((5, "e\"x")));
+        let v: serde_json::Value = serde_json::from_slice(&m).unwrap_or_default();
+        assert_eq!(v["params"]["offset"], 5);
+        assert_eq!(v["params"]["epoch"], "e\"x");
+        assert_eq!(v["params"]["data"], serde_json::json!([1]));
+        let h = format!("{{{}}}", encode_history("e", [(1, "1"), (2, "{}")]));
+        let v: serde_json::Value = serde_json::from_str(&h).unwrap_or_default();
+        assert_eq!(v["messages"][1]["offset"], 2);
+        assert_eq!(v["epoch"], "e");
+    }
     use crate::error::code;
     use serde_json::Value;
 

@@ -14,12 +14,24 @@ use rustc_hash::FxHashSet;
 
 use crate::Shared;
 use crate::auth::ConnAuth;
-use crate::broker::{Publication, Target};
-use crate::error::Error;
+use crate::broker::{Publication, StreamPosition, Target};
+use crate::error::{CloseReason, Error};
+use crate::limits::{CallLimiter, Verdict};
 use crate::protocol::{self, Call, Incoming, Request, TokenParam};
 use crate::queue::{Frame, Outbound, Pushed};
-use crate::topic::Pattern;
+use crate::topic::{Pattern, Topic};
 use crate::trie::ConnId;
+
+/// Most messages one `history` call returns.
+const MAX_HISTORY: usize = 1000;
+
+/// A topic as the pattern that subscribes to exactly it.
+fn topic_pattern(t: &Topic) -> Result<Pattern, Error> {
+    Pattern::parse(t.as_str(), usize::MAX).map_err(|reason| Error::InvalidTopic {
+        topic: t.as_str().to_string(),
+        reason,
+    })
+}
 
 /// What the upgrade learned about the peer, handed to its session.
 #[derive(Debug, Clone, Default)]
@@ -43,11 +55,19 @@ pub(crate) struct Session {
     /// When the token expires (plus leeway and grace), for connections with
     /// a token; `refresh` moves it. Watched by [`Session::token_expired`].
     expiry: Option<tokio::sync::watch::Sender<tokio::time::Instant>>,
+    /// The request rate limit (`limits.message_rate`), if on (boxed: one
+    /// pointer per connection when off).
+    limiter: Option<Box<CallLimiter>>,
+    /// Set when a call decided that the connection must close (persistent
+    /// rate-limit abuse); the session's reader takes it after each message.
+    pub(crate) close: Option<CloseReason>,
 }
 
 impl Session {
     pub(crate) fn new(id: ConnId, out: Arc<Outbound>, gw: Arc<Shared>, info: ConnInfo) -> Self {
         let expiry = info.auth.deadline.map(tokio::sync::watch::Sender::new);
+        let limiter =
+            CallLimiter::new(&gw.config.limits, tokio::time::Instant::now()).map(Box::new);
         Session {
             id,
             out,
@@ -55,7 +75,45 @@ impl Session {
             gw,
             info,
             expiry,
+            limiter,
+            close: None,
         }
+    }
+
+    /// Charges one request against the connection's rate limit. A refused
+    /// request is answered -32002 and not run; refusing
+    /// `limits.rate_limit_close_after` of them within
+    /// `limits.rate_limit_window` also closes the connection (4008).
+    fn admit(&mut self) -> Result<(), Error> {
+        let Some(limiter) = &mut self.limiter else {
+            return Ok(());
+        };
+        match limiter.check(tokio::time::Instant::now()) {
+            Verdict::Allowed => Ok(()),
+            verdict => {
+                self.gw.metrics.rate_limited.inc();
+                if verdict == Verdict::Abusive && self.close.is_none() {
+                    tracing::debug!(conn = self.id, peer = ?self.info.peer, "closing: rate limit exceeded persistently");
+                    self.gw.metrics.rate_limit_disconnects.inc();
+                    self.close = Some(CloseReason::RateLimited);
+                }
+                Err(Error::RateLimited(format!(
+                    "more than {} requests per second",
+                    self.gw.config.limits.message_rate
+                )))
+            }
+        }
+    }
+
+    /// A binary frame: answered with -32600 (or -32002 when over the rate).
+    pub(crate) fn handle_binary(&mut self) {
+        self.gw.metrics.protocol_errors.inc();
+        let err = self.admit().err().unwrap_or_else(|| {
+            Error::InvalidRequest(
+                "binary frames are not supported: send JSON-RPC requests as text frames".into(),
+            )
+        });
+        self.respond(protocol::encode_error(None, &err));
     }
 
     /// The deadline after which the connection must close with 4003
@@ -119,6 +177,7 @@ impl Session {
         match protocol::parse(text, &limits) {
             Incoming::Invalid(e) => {
                 self.gw.metrics.protocol_errors.inc();
+                let e = self.admit().err().unwrap_or(e);
                 self.respond(protocol::encode_error(None, &e));
             }
             Incoming::Single(req) => {
@@ -142,9 +201,9 @@ impl Session {
 
     /// Runs one request; returns its response unless it is a notification.
     async fn handle(&mut self, req: Request<'_>) -> Option<String> {
-        let result = match req.call {
-            Ok(call) => self.call(call).await,
-            Err(e) => Err(e),
+        let result = match (self.admit(), req.call) {
+            (Err(e), _) | (Ok(()), Err(e)) => Err(e),
+            (Ok(()), Ok(call)) => self.call(call).await,
         };
         if result.is_err() {
             self.gw.metrics.protocol_errors.inc();
@@ -169,6 +228,48 @@ impl Session {
                     )));
                 }
                 self.subscribe(patterns).await
+            }
+            Call::SubscribeSince {
+                topic,
+                offset,
+                epoch,
+            } => {
+                let pattern = topic_pattern(&topic)?;
+                if !self.info.auth.permissions.can_subscribe(&pattern) {
+                    return Err(Error::Forbidden(format!(
+                        "not allowed to subscribe to {:?}",
+                        topic.as_str()
+                    )));
+                }
+                let since = StreamPosition {
+                    offset,
+                    epoch: Arc::from(&*epoch),
+                };
+                self.subscribe_since(topic, pattern, since).await
+            }
+            Call::History { topic, limit } => {
+                if !self
+                    .info
+                    .auth
+                    .permissions
+                    .can_subscribe(&topic_pattern(&topic)?)
+                {
+                    return Err(Error::Forbidden(format!(
+                        "not allowed to read {:?}",
+                        topic.as_str()
+                    )));
+                }
+                let limit = limit.min(MAX_HISTORY);
+                let h = self.gw.broker.history(&topic, limit).await?;
+                let mut out = String::from("{");
+                out.push_str(&protocol::encode_history(
+                    &h.epoch,
+                    h.messages
+                        .iter()
+                        .filter_map(|e| Some((e.offset, std::str::from_utf8(&e.data).ok()?))),
+                ));
+                out.push('}');
+                Ok(out)
             }
             Call::Unsubscribe(patterns) => {
                 let held: Vec<Pattern> = patterns
@@ -275,5 +376,72 @@ impl Session {
             return Err(e.into());
         }
         Ok(protocol::encode_topic_list("subscribed", &patterns))
+    }
+
+    /// `subscribe` with `since` (one exact topic): subscribes while holding
+    /// the topic's live deliveries for this connection, queues the messages
+    /// stored after `since`, then the held live ones newer than the last
+    /// replayed (no gap, no duplicate), and answers with `recovered`.
+    async fn subscribe_since(
+        &mut self,
+        topic: Topic,
+        pattern: Pattern,
+        since: StreamPosition,
+    ) -> Result<String, Error> {
+        if self.subs.contains(&pattern) {
+            return Err(Error::InvalidParams(format!(
+                "already subscribed to {:?}: unsubscribe before subscribing with \"since\"",
+                topic.as_str()
+            )));
+        }
+        let hub = self.gw.hub.clone();
+        hub.begin_replay(self.id, &topic);
+        if let Err(e) = self.subscribe(vec![pattern.clone()]).await {
+            hub.end_replay(self.id, &topic, &self.out, None);
+            return Err(e);
+        }
+        let replay = match self.gw.broker.replay(&topic, &since).await {
+            Ok(r) => r,
+            Err(e) => {
+                hub.end_replay(self.id, &topic, &self.out, None);
+                self.subs.remove(&pattern);
+                hub.unsubscribe(self.id, std::slice::from_ref(&pattern))
+                    .await;
+                return Err(e.into());
+            }
+        };
+        let now = std::time::Instant::now();
+        for m in &replay.messages {
+            let Ok(data) = std::str::from_utf8(&m.data) else {
+                continue;
+            };
+            let payload =
+                protocol::encode_message_at(topic.as_str(), data, Some((m.offset, &replay.epoch)));
+            if self.out.push(Frame {
+                payload,
+                published_at: Some(now),
+            }) == Pushed::Overflow
+            {
+                self.gw.metrics.slow_consumer_disconnects.inc();
+                break;
+            }
+        }
+        let last = replay.messages.last().map(|m| m.offset);
+        let replayed = if replay.recovered {
+            last.or(Some(since.offset))
+        } else {
+            None
+        };
+        hub.end_replay(self.id, &topic, &self.out, replayed);
+        let mut out = protocol::encode_topic_list("subscribed", std::slice::from_ref(&pattern));
+        out.pop();
+        out.push_str(&format!(
+            r#","recovered":{},"replayed":{},"epoch":"#,
+            replay.recovered,
+            replay.messages.len()
+        ));
+        out.push_str(&serde_json::to_string(&*replay.epoch).unwrap_or_else(|_| "\"\"".into()));
+        out.push('}');
+        Ok(out)
     }
 }

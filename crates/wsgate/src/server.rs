@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::net::TcpListener;
@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::broker::{Publication, Target};
 use crate::error::Error;
+use crate::limits::{Held, Refusal};
 use crate::rpc::ConnInfo;
 use crate::topic::Topic;
 use crate::{Gateway, Shared, session};
@@ -32,7 +33,7 @@ const INDEX_HTML: &str = include_str!("../assets/index.html");
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/", get(index))
-        .route("/ws", get(ws_upgrade))
+        .route("/ws", get(ws_upgrade).connect(ws_upgrade))
         .route("/api/publish", post(api_publish))
         .route("/api/broadcast", post(api_broadcast))
         .route("/healthz", get(healthz))
@@ -107,13 +108,43 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// A refused upgrade with `Retry-After`, counted by reason.
+fn refuse(gw: &Shared, reason: &'static str, mut resp: Response, retry_after: u64) -> Response {
+    gw.metrics.refused(reason);
+    if let Ok(v) = HeaderValue::from_str(&retry_after.max(1).to_string()) {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    resp
+}
+
+/// The WebSocket upgrade: an HTTP/1.1 `GET` with `Upgrade: websocket`
+/// (answered 101), or an HTTP/2 extended `CONNECT` with `:protocol =
+/// websocket` (RFC 8441, answered 200). Admission, in order: shutdown (503),
+/// memory pressure (503), the address's upgrade rate (429), origin (403),
+/// token (401), then the slots: per address (429), per user (429), per node
+/// (503). The cheap checks come first, and the rate limit runs before any
+/// token is verified.
 async fn ws_upgrade(State(gw): State<Arc<Shared>>, req: Request) -> Response {
     let peer = req
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0);
     let headers = req.headers();
-    if !header_has_token(headers, header::CONNECTION, "upgrade")
+    let extended_connect = req.method() == http::Method::CONNECT;
+    if extended_connect {
+        let websocket = req.version() == http::Version::HTTP_2
+            && req
+                .extensions()
+                .get::<hyper::ext::Protocol>()
+                .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
+        if !websocket {
+            return (
+                StatusCode::BAD_REQUEST,
+                "CONNECT to this endpoint needs HTTP/2 with :protocol = websocket (RFC 8441)\n",
+            )
+                .into_response();
+        }
+    } else if !header_has_token(headers, header::CONNECTION, "upgrade")
         || !header_has_token(headers, header::UPGRADE, "websocket")
     {
         return (
@@ -135,35 +166,69 @@ async fn ws_upgrade(State(gw): State<Arc<Shared>>, req: Request) -> Response {
         )
             .into_response();
     }
-    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
-        return (StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n").into_response();
+    // HTTP/2 has no key and no accept (RFC 8441 §5).
+    let accept = if extended_connect {
+        None
+    } else {
+        let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+            return (StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n").into_response();
+        };
+        Some(derive_accept_key(key.as_bytes()))
     };
-    let accept = derive_accept_key(key.as_bytes());
     if gw.shutdown.is_cancelled() {
-        gw.metrics.rejected_connections.inc();
+        gw.metrics.refused("shutdown");
         return error_response(&Error::ShuttingDown);
     }
+    if gw.limits.memory.over_limit(&gw.metrics.memory_rss) {
+        let resp = (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server under memory pressure\n",
+        )
+            .into_response();
+        return refuse(&gw, "memory", resp, 5);
+    }
+    let ip = peer.map(|p| p.ip());
+    if let Err(wait) = gw.limits.check_rate(ip, tokio::time::Instant::now()) {
+        let e = Error::RateLimited("too many connection attempts from this address".into());
+        return refuse(
+            &gw,
+            "ip_rate",
+            error_response(&e),
+            wait.as_secs_f64().ceil() as u64,
+        );
+    }
     // Origin (403) and credentials (401), before the connection takes a slot.
-    let auth = match gw
-        .auth
-        .check_origin(headers)
-        .and_then(|()| gw.auth.authenticate(headers, req.uri(), peer))
-    {
+    if let Err(e) = gw.auth.check_origin(headers) {
+        gw.metrics.refused("origin");
+        return error_response(&e);
+    }
+    let auth = match gw.auth.authenticate(headers, req.uri(), peer) {
         Ok(auth) => auth,
         Err(e) => {
-            gw.metrics.rejected_connections.inc();
+            gw.metrics.refused("token");
             return error_response(&e);
         }
     };
+    let sub = auth.identity.as_ref().map(|i| i.sub.as_str());
+    let held = match gw.limits.acquire(ip, sub) {
+        Ok(held) => held,
+        Err(Refusal::PerIp) => {
+            let e = Error::RateLimited("too many connections from this address".into());
+            return refuse(&gw, "ip_connections", error_response(&e), 5);
+        }
+        Err(Refusal::PerUser) => {
+            let e = Error::RateLimited("too many connections for this user".into());
+            return refuse(&gw, "user_connections", error_response(&e), 5);
+        }
+    };
     let info = ConnInfo { peer, auth };
-    let Some(permit) = Admission::try_new(&gw) else {
-        gw.metrics.rejected_connections.inc();
-        return (
+    let Some(permit) = Admission::try_new(&gw, held) else {
+        let resp = (
             StatusCode::SERVICE_UNAVAILABLE,
-            [(header::RETRY_AFTER, "5")],
             "connection limit reached\n",
         )
             .into_response();
+        return refuse(&gw, "connection_limit", resp, 5);
     };
     let on_upgrade = hyper::upgrade::on(req);
     let tracker = gw.sessions.clone();
@@ -179,7 +244,8 @@ async fn ws_upgrade(State(gw): State<Arc<Shared>>, req: Request) -> Response {
                     drop(parts.read_buf);
                     session::run(r, w, early, gw, info).await;
                 }
-                // Any other transport (an embedding server's own I/O type).
+                // Any other transport: TLS, an HTTP/2 stream, an embedding
+                // server's own I/O type.
                 Err(upgraded) => {
                     let (r, w) = tokio::io::split(TokioIo::new(upgraded));
                     session::run(r, w, Bytes::new(), gw, info).await;
@@ -189,33 +255,57 @@ async fn ws_upgrade(State(gw): State<Arc<Shared>>, req: Request) -> Response {
         }
     };
     tracker.spawn(fut);
-    Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::UPGRADE, "websocket")
-        .header(header::CONNECTION, "upgrade")
-        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
-        .body(Body::empty())
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+    let resp = match accept {
+        Some(accept) => Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(header::UPGRADE, "websocket")
+            .header(header::CONNECTION, "upgrade")
+            .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+            .body(Body::empty()),
+        None => Response::builder()
+            .status(StatusCode::OK)
+            .body(Body::empty()),
+    };
+    resp.unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
-/// Counts an admitted WebSocket connection against `limits.max_connections`.
-struct Admission(Arc<Shared>);
+/// Counts an admitted WebSocket connection against `limits.max_connections`
+/// and holds its per-address and per-user counts.
+struct Admission {
+    gw: Arc<Shared>,
+    /// Boxed, and `None` when the per-address/user limits are off: an idle
+    /// connection then carries one pointer for them.
+    held: Option<Box<Held>>,
+}
 
 impl Admission {
-    fn try_new(gw: &Arc<Shared>) -> Option<Self> {
+    /// Takes a node slot; on failure the per-address/user counts in `held`
+    /// are given back.
+    fn try_new(gw: &Arc<Shared>, held: Held) -> Option<Self> {
         let max = gw.config.limits.max_connections;
-        gw.admitted
+        let ok = gw
+            .admitted
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
             })
-            .ok()
-            .map(|_| Admission(gw.clone()))
+            .is_ok();
+        if !ok {
+            gw.limits.release(held);
+            return None;
+        }
+        Some(Admission {
+            gw: gw.clone(),
+            held: (!held.is_empty()).then(|| Box::new(held)),
+        })
     }
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        self.0.admitted.fetch_sub(1, Ordering::AcqRel);
+        self.gw.admitted.fetch_sub(1, Ordering::AcqRel);
+        if let Some(held) = self.held.take() {
+            self.gw.limits.release(*held);
+        }
     }
 }
 
@@ -331,20 +421,61 @@ async fn api_broadcast(State(gw): State<Arc<Shared>>, headers: HeaderMap, body: 
     }
 }
 
-/// Accepts HTTP/1.1 connections until `signal` resolves, then shuts the
-/// gateway down gracefully.
+/// Drives one HTTP connection until it ends or the node shuts down, then
+/// lets it finish gracefully. A macro: hyper's HTTP/1 (upgradeable) and
+/// HTTP/2 connections share the method names but no trait.
+macro_rules! drive {
+    ($conn:expr, $stop:expr) => {{
+        let conn = $conn;
+        tokio::pin!(conn);
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(error = %e, "http connection error");
+                }
+            }
+            _ = $stop.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
+    }};
+}
+
+/// Accepts connections until `signal` resolves, then shuts the gateway down
+/// gracefully. Plain TCP serves HTTP/1.1; with `[tls]`, each connection is
+/// served with the protocol its ALPN negotiated (HTTP/2 or HTTP/1.1).
 pub(crate) async fn serve(
     gw: &Gateway,
     listener: TcpListener,
     signal: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     let shared = gw.shared.clone();
+    let tls = shared
+        .tls
+        .clone()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let router = gw.router();
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
         .timer(TokioTimer::new())
         .header_read_timeout(shared.config.limits.handshake_timeout)
         .max_buf_size(16 * 1024);
+    let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    http2
+        .timer(TokioTimer::new())
+        .enable_connect_protocol()
+        .max_header_list_size(16 * 1024)
+        .max_concurrent_streams(256);
+    if let Some(tls) = &tls {
+        // Registered before the first connection, so that a SIGHUP from
+        // now on reloads instead of terminating the process.
+        let hup = crate::tls::hangup();
+        tokio::spawn(
+            tls.clone()
+                .watch(shared.metrics.clone(), hup, shared.shutdown.clone()),
+        );
+    }
     let connections = TaskTracker::new();
     tokio::pin!(signal);
     loop {
@@ -369,23 +500,40 @@ pub(crate) async fn serve(
                     .insert(axum::extract::ConnectInfo(peer));
                 tower::ServiceExt::oneshot(router.clone(), req)
             });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades();
         let stop = shared.shutdown.clone();
+        let Some(tls) = &tls else {
+            let conn = http1
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            connections.spawn(async move { drive!(conn, stop) });
+            continue;
+        };
+        let acceptor = tls.acceptor.clone();
+        let handshake_timeout = shared.config.limits.handshake_timeout;
+        let (http1, http2) = (http1.clone(), http2.clone());
         connections.spawn(async move {
-            tokio::pin!(conn);
-            tokio::select! {
-                res = conn.as_mut() => {
-                    if let Err(e) = res {
-                        tracing::debug!(error = %e, "http connection error");
+            // The TLS handshake shares the slow-loris bound of the HTTP head.
+            let stream =
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(?peer, error = %e, "TLS handshake failed");
+                        return;
                     }
-                    return;
-                }
-                _ = stop.cancelled() => {}
+                    Err(_) => {
+                        tracing::debug!(?peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+            if stream.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_H2) {
+                let conn = http2.serve_connection(TokioIo::new(stream), service);
+                drive!(conn, stop)
+            } else {
+                let conn = http1
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades();
+                drive!(conn, stop)
             }
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
         });
     }
     drop(listener);

@@ -11,9 +11,10 @@
 //!   the shared payload bytes — and writes it (write coalescing); it keeps
 //!   its write position outside the write future, so it can watch for a queue
 //!   overflow while a write is stuck without ever duplicating bytes;
-//! * the **keepalive** ticks every `min(ping_interval, write_timeout)`: asks
-//!   for a ping, closes a silent peer (4001) or a write stuck longer than
-//!   `outbound.write_timeout` (4002).
+//! * the **keepalive** ticks every `min(ping_interval, write_timeout)` (and
+//!   `idle_timeout / 4` when that is set): asks for a ping, closes a silent
+//!   peer (4001), a write stuck longer than `outbound.write_timeout` (4002)
+//!   or a peer that sent no message for `limits.idle_timeout` (4009).
 //!
 //! Responses to the client's own calls go through the same bounded queue as
 //! deliveries, and the reader pauses while that queue is half full.
@@ -31,8 +32,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::timeout;
 
 use crate::Shared;
-use crate::error::{CloseReason, Error};
-use crate::protocol;
+use crate::error::CloseReason;
 use crate::queue::{Frame, Outbound, QueueState};
 use crate::rpc::{ConnInfo, Session};
 use crate::ws::frame::{self, Decoder, FrameError, Message};
@@ -59,6 +59,8 @@ struct Clock {
     start: Instant,
     /// Last time anything arrived from the peer.
     last_seen: AtomicU64,
+    /// Last time a text or binary message arrived (`limits.idle_timeout`).
+    last_message: AtomicU64,
     /// When the write in progress began; 0 when not writing.
     writing_since: AtomicU64,
 }
@@ -97,6 +99,7 @@ pub(crate) async fn run<R, W>(
     let clock = Clock {
         start: Instant::now(),
         last_seen: AtomicU64::new(1),
+        last_message: AtomicU64::new(1),
         writing_since: AtomicU64::new(0),
     };
 
@@ -229,6 +232,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
         match decoder.decode(&mut buf) {
             Ok(Some(msg)) => match msg {
                 Message::Text(bytes) => {
+                    clock.last_message.store(clock.now(), Ordering::Relaxed);
                     session.wait_for_room().await;
                     metrics.messages_in.inc();
                     metrics.bytes_in.inc_by(bytes.len() as u64);
@@ -238,18 +242,19 @@ async fn read_loop<R: AsyncRead + Unpin>(
                         // only the read state (docs/benchmarks.md).
                         Box::pin(session.handle_text(text)).await;
                     }
+                    if let Some(reason) = session.close.take() {
+                        return End::Close(reason);
+                    }
                 }
                 Message::Binary(bytes) => {
+                    clock.last_message.store(clock.now(), Ordering::Relaxed);
                     session.wait_for_room().await;
                     metrics.messages_in.inc();
                     metrics.bytes_in.inc_by(bytes.len() as u64);
-                    metrics.protocol_errors.inc();
-                    session.respond(protocol::encode_error(
-                        None,
-                        &Error::InvalidRequest(
-                            "binary frames are not supported: send JSON-RPC requests as text frames".into(),
-                        ),
-                    ));
+                    session.handle_binary();
+                    if let Some(reason) = session.close.take() {
+                        return End::Close(reason);
+                    }
                 }
                 Message::Ping(payload) => session.out.request_pong(payload),
                 Message::Pong(_) => {}
@@ -386,7 +391,13 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 async fn keepalive(out: &Outbound, gw: &Shared, clock: &Clock) -> End {
     let ws = &gw.config.websocket;
     let write_timeout = gw.config.outbound.write_timeout;
-    let period = ws.ping_interval.min(write_timeout);
+    let idle = gw.config.limits.idle_timeout;
+    let idle_limit = idle.as_millis() as u64;
+    let mut period = ws.ping_interval.min(write_timeout);
+    if !idle.is_zero() {
+        // Checked four times per idle_timeout: closed within 1.25 × of it.
+        period = period.min(idle / 4);
+    }
     let ping_every = ws.ping_interval.as_millis() as u64;
     let silence_limit = (ws.ping_interval + ws.ping_timeout).as_millis() as u64;
     let write_limit = write_timeout.as_millis() as u64;
@@ -403,6 +414,12 @@ async fn keepalive(out: &Outbound, gw: &Shared, clock: &Clock) -> End {
         if now.saturating_sub(clock.last_seen.load(Ordering::Relaxed)) >= silence_limit {
             gw.metrics.ping_timeouts.inc();
             return End::Close(CloseReason::PingTimeout);
+        }
+        if idle_limit > 0
+            && now.saturating_sub(clock.last_message.load(Ordering::Relaxed)) >= idle_limit
+        {
+            gw.metrics.idle_timeouts.inc();
+            return End::Close(CloseReason::IdleTimeout);
         }
         if now.saturating_sub(last_ping) + 5 >= ping_every {
             out.request_ping();

@@ -131,9 +131,11 @@ pub fn serve(env: &[(&str, &str)], args: &[&str]) -> Server {
     });
     loop {
         let line = rx.recv_timeout(WAIT).expect("server logged its address");
+        // "... WebSocket at ws://HOST:PORT/ws" (or wss:// with TLS).
         let addr = line
-            .split("ws://")
+            .split("WebSocket at ")
             .nth(1)
+            .and_then(|rest| rest.split("://").nth(1))
             .map(|rest| rest.split('/').next().unwrap_or("").to_string());
         server.log.push(line);
         if let Some(addr) = addr {

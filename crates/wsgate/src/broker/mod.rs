@@ -8,10 +8,12 @@
 //!
 //! The embedded [`MemoryBroker`] serves a single node; [`NatsBroker`] (NATS
 //! core) joins any number of nodes on one NATS, [`RedisBroker`] (Redis
-//! pub/sub) on one Redis. JetStream and Redis streams are to implement the
-//! same trait; the optional parts of the contract (stream positions,
-//! history) exist so that durable backbones can report offsets and replay.
+//! pub/sub) on one Redis, [`JetStreamBroker`] (NATS JetStream) adds a durable
+//! history per topic. The optional parts of the contract (stream positions,
+//! [`Broker::replay`], [`Broker::history`]) let durable backbones report
+//! offsets and replay; the others answer [`BrokerError::Unsupported`].
 
+mod jetstream;
 mod memory;
 mod nats;
 mod redis;
@@ -26,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::topic::{Pattern, Topic};
 
 pub use self::redis::{RedisBroker, RedisConfig, RedisStats};
+pub use jetstream::{JetStreamBroker, JetStreamConfig, StorageKind};
 pub use memory::MemoryBroker;
 pub use nats::{NatsBroker, NatsConfig, NatsStats};
 
@@ -43,6 +46,9 @@ pub enum BrokerConfig {
     Nats(NatsConfig),
     /// Redis pub/sub: every node on the same Redis forms one gateway.
     Redis(RedisConfig),
+    /// NATS JetStream: like `nats`, plus a durable history per topic
+    /// (offsets, recovery with `since`, `history`).
+    Jetstream(JetStreamConfig),
 }
 
 /// Builds the broker a configuration names. Must be called inside a Tokio
@@ -53,6 +59,7 @@ pub fn from_config(config: &BrokerConfig) -> Result<Arc<dyn Broker>, BrokerError
         BrokerConfig::Memory => Ok(Arc::new(MemoryBroker::new())),
         BrokerConfig::Nats(c) => Ok(Arc::new(NatsBroker::new(c)?)),
         BrokerConfig::Redis(c) => Ok(Arc::new(RedisBroker::new(c)?)),
+        BrokerConfig::Jetstream(c) => Ok(Arc::new(JetStreamBroker::new(c)?)),
     }
 }
 
@@ -136,6 +143,36 @@ pub struct Delivery {
     pub position: Option<StreamPosition>,
 }
 
+/// One stored message of a topic's history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    pub offset: u64,
+    /// JSON text.
+    pub data: Bytes,
+}
+
+/// The last messages of a topic ([`Broker::history`]).
+#[derive(Debug, Clone)]
+pub struct History {
+    /// The current epoch of the history.
+    pub epoch: Arc<str>,
+    /// Oldest first.
+    pub messages: Vec<HistoryEntry>,
+}
+
+/// What [`Broker::replay`] found after a client's last known position.
+#[derive(Debug, Clone)]
+pub struct Replay {
+    /// True when `messages` is everything published on the topic after the
+    /// position (same epoch, nothing trimmed); false means the client must
+    /// reload its state (and `messages` is empty).
+    pub recovered: bool,
+    /// The current epoch of the history.
+    pub epoch: Arc<str>,
+    /// In offset order.
+    pub messages: Vec<HistoryEntry>,
+}
+
 /// The node side of the seam: where a broker delivers.
 pub trait DeliverySink: Send + Sync + 'static {
     fn deliver(&self, delivery: Delivery);
@@ -166,4 +203,32 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Stops the broker; later calls fail with [`BrokerError::Closed`].
     fn close(&self) -> BoxFuture<'_, ()>;
+
+    /// Durable backbones: the messages of `topic` stored after `since`, up
+    /// to the end of the history at the time of the call. Called after the
+    /// node's live subscription for the topic is confirmed, so whatever is
+    /// stored later arrives live.
+    fn replay<'a>(
+        &'a self,
+        topic: &'a Topic,
+        since: &'a StreamPosition,
+    ) -> BoxFuture<'a, Result<Replay, BrokerError>> {
+        let _ = (topic, since);
+        Box::pin(std::future::ready(Err(BrokerError::Unsupported(
+            "message history (since)",
+        ))))
+    }
+
+    /// Durable backbones: the last `limit` messages of `topic` (oldest first)
+    /// and the current epoch.
+    fn history<'a>(
+        &'a self,
+        topic: &'a Topic,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<History, BrokerError>> {
+        let _ = (topic, limit);
+        Box::pin(std::future::ready(Err(BrokerError::Unsupported(
+            "message history",
+        ))))
+    }
 }

@@ -342,7 +342,7 @@ impl Drop for NatsBroker {
     }
 }
 
-fn parse_servers(url: &str) -> Result<Vec<ServerAddr>, BrokerError> {
+pub(super) fn parse_servers(url: &str) -> Result<Vec<ServerAddr>, BrokerError> {
     let servers: Vec<ServerAddr> = url
         .split(',')
         .map(str::trim)
@@ -359,13 +359,13 @@ fn parse_servers(url: &str) -> Result<Vec<ServerAddr>, BrokerError> {
 }
 
 /// A subject without wildcards or whitespace (the topic grammar).
-fn check_subject(key: &str, s: &str) -> Result<String, BrokerError> {
+pub(super) fn check_subject(key: &str, s: &str) -> Result<String, BrokerError> {
     Topic::parse(s, 1024)
         .map(|t| t.as_str().to_string())
         .map_err(|e| BrokerError::Config(format!("{key} {s:?}: {e}")))
 }
 
-fn connect_options(c: &NatsConfig) -> Result<ConnectOptions, BrokerError> {
+pub(super) fn connect_options(c: &NatsConfig) -> Result<ConnectOptions, BrokerError> {
     let auth_methods = [
         c.user.is_some() || c.password.is_some(),
         c.token.is_some(),
