@@ -55,13 +55,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::index::SubscriptionIndex;
 use super::nats::{check_subject, connect_options, parse_servers};
 use super::{
     BoxFuture, Broker, BrokerError, Delivery, DeliverySink, ForeignPayload, History, HistoryEntry,
     NatsConfig, Publication, PublishAck, Replay, StreamPosition, Target, foreign_payload,
 };
 use crate::topic::{Pattern, Topic};
-use crate::trie::WildcardTrie;
 
 /// Most messages one `since` replays; further behind is `recovered: false`.
 pub const MAX_REPLAY: usize = 10_000;
@@ -248,8 +248,7 @@ impl JetStreamBroker {
                 shared: shared.clone(),
                 streams: SelectAll::new(),
                 handles: FxHashMap::default(),
-                exact: FxHashMap::default(),
-                wild: WildcardTrie::default(),
+                index: SubscriptionIndex::default(),
             }
             .run(control_rx),
         );
@@ -661,8 +660,7 @@ struct Driver {
     shared: Arc<Shared>,
     streams: SelectAll<Abortable<Tagged>>,
     handles: FxHashMap<Pattern, (u64, AbortHandle)>,
-    exact: FxHashMap<Topic, u64>,
-    wild: WildcardTrie<()>,
+    index: SubscriptionIndex,
 }
 
 impl Driver {
@@ -695,14 +693,7 @@ impl Driver {
                 let (handle, reg) = AbortHandle::new_pair();
                 if let Some(p) = pattern {
                     self.remove(&p);
-                    match p.as_topic() {
-                        Some(t) => {
-                            self.exact.insert(t, id);
-                        }
-                        None => {
-                            self.wild.insert(&p, id, ());
-                        }
-                    }
+                    self.index.insert(&p, id);
                     self.handles.insert(p, (id, handle));
                 }
                 self.streams.push(Abortable::new(Tagged { id, sub }, reg));
@@ -714,22 +705,8 @@ impl Driver {
     fn remove(&mut self, p: &Pattern) {
         if let Some((id, handle)) = self.handles.remove(p) {
             handle.abort();
-            match p.as_topic() {
-                Some(t) => {
-                    self.exact.remove(t.as_str());
-                }
-                None => {
-                    self.wild.remove(p, id);
-                }
-            }
+            self.index.remove(p, id);
         }
-    }
-
-    /// The oldest live subscription matching `topic` (the one that delivers).
-    fn canonical(&self, topic: &Topic) -> u64 {
-        let mut min = self.exact.get(topic.as_str()).copied().unwrap_or(u64::MAX);
-        self.wild.for_each_match(topic, |id, _| min = min.min(id));
-        min
     }
 
     fn handle(&mut self, id: u64, msg: Message) {
@@ -742,7 +719,7 @@ impl Driver {
                 .strip_prefix(self.shared.live_prefix.as_str())
                 .and_then(|t| Topic::parse(t, usize::MAX).ok());
             let Some(topic) = topic else { return };
-            if !self.wild.is_empty() && self.canonical(&topic) < id {
+            if !self.index.delivers(&topic, id) {
                 return;
             }
             let offset = msg

@@ -13,6 +13,7 @@
 //! [`Broker::replay`], [`Broker::history`]) let durable backbones report
 //! offsets and replay; the others answer [`BrokerError::Unsupported`].
 
+mod index;
 mod jetstream;
 mod memory;
 mod nats;

@@ -61,11 +61,11 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::index::SubscriptionIndex;
 use super::{
     BoxFuture, Broker, BrokerError, Delivery, DeliverySink, Publication, PublishAck, Target,
 };
 use crate::topic::{Pattern, Topic};
-use crate::trie::WildcardTrie;
 
 /// `[broker] kind = "nats"`: the options of the NATS core backbone. Every
 /// field has a default; see `docs/configuration.md`.
@@ -301,8 +301,7 @@ impl NatsBroker {
                 shared: shared.clone(),
                 streams: SelectAll::new(),
                 handles: FxHashMap::default(),
-                exact: FxHashMap::default(),
-                wild: WildcardTrie::default(),
+                index: SubscriptionIndex::default(),
             }
             .run(control_rx),
         );
@@ -742,8 +741,7 @@ struct Driver {
     handles: FxHashMap<Pattern, (u64, AbortHandle)>,
     /// Which subscription serves each exact topic / wildcard pattern, for
     /// picking the canonical subscription of a message.
-    exact: FxHashMap<Topic, u64>,
-    wild: WildcardTrie<()>,
+    index: SubscriptionIndex,
 }
 
 impl Driver {
@@ -780,14 +778,7 @@ impl Driver {
                 let (handle, reg) = AbortHandle::new_pair();
                 if let Some(p) = pattern {
                     self.remove(&p);
-                    match p.as_topic() {
-                        Some(t) => {
-                            self.exact.insert(t, id);
-                        }
-                        None => {
-                            self.wild.insert(&p, id, ());
-                        }
-                    }
+                    self.index.insert(&p, id);
                     self.handles.insert(p, (id, handle));
                 }
                 self.streams.push(Abortable::new(Tagged { id, sub }, reg));
@@ -799,22 +790,8 @@ impl Driver {
     fn remove(&mut self, p: &Pattern) {
         if let Some((id, handle)) = self.handles.remove(p) {
             handle.abort();
-            match p.as_topic() {
-                Some(t) => {
-                    self.exact.remove(t.as_str());
-                }
-                None => {
-                    self.wild.remove(p, id);
-                }
-            }
+            self.index.remove(p, id);
         }
-    }
-
-    /// The oldest live subscription matching `topic` (the one that delivers).
-    fn canonical(&self, topic: &Topic) -> u64 {
-        let mut min = self.exact.get(topic.as_str()).copied().unwrap_or(u64::MAX);
-        self.wild.for_each_match(topic, |id, _| min = min.min(id));
-        min
     }
 
     fn handle(&mut self, id: u64, msg: Message) {
@@ -845,7 +822,7 @@ impl Driver {
                 return;
             };
             // Only one subscription can match when no wildcard is held.
-            if !self.wild.is_empty() && self.canonical(&topic) < id {
+            if !self.index.delivers(&topic, id) {
                 stats.duplicates_skipped.fetch_add(1, Ordering::Relaxed);
                 return;
             }
