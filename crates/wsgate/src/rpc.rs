@@ -252,7 +252,7 @@ impl Session {
                     .info
                     .auth
                     .permissions
-                    .can_subscribe(&topic_pattern(&topic)?)
+                    .can_read_history(&topic_pattern(&topic)?)
                 {
                     return Err(Error::Forbidden(format!(
                         "not allowed to read {:?}",

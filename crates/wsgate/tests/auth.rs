@@ -601,6 +601,22 @@ async fn claims_grant_exact_and_wildcard_topics() {
     let n = next(&mut c).await;
     assert_eq!(n.topic(), Some("chat.room1"));
 
+    // History needs read permission, checked before the backbone is asked:
+    // denied → -32001; allowed → the embedded broker keeps none (-32004).
+    forbidden(
+        c.call("history", json!({"topic": "orders.us", "limit": 1}))
+            .await,
+    );
+    match c
+        .call("history", json!({"topic": "orders.eu", "limit": 1}))
+        .await
+    {
+        Err(wsgate_client::ClientError::Rpc { code: k, .. }) => {
+            assert_eq!(k, code::BACKBONE_UNAVAILABLE as i64)
+        }
+        other => panic!("{other:?}"),
+    }
+
     // Denied subscriptions deliver nothing.
     let mut raw = upgrade(&server, &format!("?token={t}"), &[]).await.unwrap();
     let r = raw_call(
