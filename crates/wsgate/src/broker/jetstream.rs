@@ -38,25 +38,21 @@
 //!   by reconnecting with `since`).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_nats::connection::State;
 use async_nats::jetstream::{self, stream};
-use async_nats::{Client, Message, Subject, Subscriber};
+use async_nats::{Client, Message, Subject};
 use bytes::Bytes;
-use futures_util::future::FutureExt;
-use futures_util::stream::{AbortHandle, Abortable, SelectAll, Stream, StreamExt};
-use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::index::SubscriptionIndex;
 use super::nats::{check_subject, connect_options, parse_servers};
+use super::subscriptions::{Control, Handler, Subscriptions};
 use super::{
     BoxFuture, Broker, BrokerError, Delivery, DeliverySink, ForeignPayload, History, HistoryEntry,
     NatsConfig, Publication, PublishAck, Replay, StreamPosition, Target, foreign_payload,
@@ -69,7 +65,6 @@ pub const MAX_REPLAY: usize = 10_000;
 const API_TIMEOUT: Duration = Duration::from_secs(5);
 const BROADCAST_ID: u64 = 0;
 const FIRST_PATTERN_ID: u64 = 1;
-const DRIVER_BATCH: usize = 128;
 
 /// Where the stream keeps its messages.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -119,15 +114,6 @@ impl Default for JetStreamConfig {
             unknown: BTreeMap::new(),
         }
     }
-}
-
-enum Control {
-    Add {
-        id: u64,
-        pattern: Option<Pattern>,
-        sub: Subscriber,
-    },
-    Remove(Pattern),
 }
 
 struct Shared {
@@ -243,15 +229,13 @@ impl JetStreamBroker {
             closed: AtomicBool::new(false),
             stop: CancellationToken::new(),
         });
-        tokio::spawn(
+        tokio::spawn(Subscriptions::default().run(
+            control_rx,
+            shared.stop.clone(),
             Driver {
                 shared: shared.clone(),
-                streams: SelectAll::new(),
-                handles: FxHashMap::default(),
-                index: SubscriptionIndex::default(),
-            }
-            .run(control_rx),
-        );
+            },
+        ));
         tokio::spawn(start(shared.clone(), options, servers));
         Ok(JetStreamBroker { shared })
     }
@@ -640,76 +624,13 @@ impl Broker for JetStreamBroker {
     }
 }
 
-/// One core subscription as a stream of (stream id, message).
-struct Tagged {
-    id: u64,
-    sub: Subscriber,
-}
-
-impl Stream for Tagged {
-    type Item = (u64, Message);
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let id = self.id;
-        self.sub.poll_next_unpin(cx).map(|m| m.map(|m| (id, m)))
-    }
-}
-
-/// Owns the node's live subscriptions and hands messages to the hub.
+/// Hands what the node's subscriptions receive to the hub.
 struct Driver {
     shared: Arc<Shared>,
-    streams: SelectAll<Abortable<Tagged>>,
-    handles: FxHashMap<Pattern, (u64, AbortHandle)>,
-    index: SubscriptionIndex,
 }
 
-impl Driver {
-    async fn run(mut self, mut control: mpsc::UnboundedReceiver<Control>) {
-        let stop = self.shared.stop.clone();
-        loop {
-            tokio::select! {
-                biased;
-                _ = stop.cancelled() => break,
-                cmd = control.recv() => match cmd {
-                    Some(cmd) => self.apply(cmd),
-                    None => break,
-                },
-                Some((id, msg)) = self.streams.next(), if !self.streams.is_empty() => {
-                    self.handle(id, msg);
-                    for _ in 0..DRIVER_BATCH {
-                        match self.streams.next().now_or_never() {
-                            Some(Some((id, msg))) => self.handle(id, msg),
-                            _ => break,
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    fn apply(&mut self, cmd: Control) {
-        match cmd {
-            Control::Add { id, pattern, sub } => {
-                let (handle, reg) = AbortHandle::new_pair();
-                if let Some(p) = pattern {
-                    self.remove(&p);
-                    self.index.insert(&p, id);
-                    self.handles.insert(p, (id, handle));
-                }
-                self.streams.push(Abortable::new(Tagged { id, sub }, reg));
-            }
-            Control::Remove(p) => self.remove(&p),
-        }
-    }
-
-    fn remove(&mut self, p: &Pattern) {
-        if let Some((id, handle)) = self.handles.remove(p) {
-            handle.abort();
-            self.index.remove(p, id);
-        }
-    }
-
-    fn handle(&mut self, id: u64, msg: Message) {
+impl Handler for Driver {
+    fn handle(&mut self, index: &SubscriptionIndex, id: u64, msg: Message) {
         let (target, position) = if id == BROADCAST_ID {
             (Target::Broadcast, None)
         } else {
@@ -719,7 +640,7 @@ impl Driver {
                 .strip_prefix(self.shared.live_prefix.as_str())
                 .and_then(|t| Topic::parse(t, usize::MAX).ok());
             let Some(topic) = topic else { return };
-            if !self.index.delivers(&topic, id) {
+            if !index.delivers(&topic, id) {
                 return;
             }
             let offset = msg

@@ -18,6 +18,7 @@ mod jetstream;
 mod memory;
 mod nats;
 mod redis;
+mod subscriptions;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -45,23 +45,20 @@
 
 use std::hash::BuildHasher;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_nats::connection::State;
-use async_nats::{Client, ConnectOptions, Event, Message, ServerAddr, Subject, Subscriber};
+use async_nats::{Client, ConnectOptions, Event, Message, ServerAddr, Subject};
 use bytes::Bytes;
-use futures_util::future::FutureExt;
-use futures_util::stream::{AbortHandle, Abortable, SelectAll, Stream, StreamExt};
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::index::SubscriptionIndex;
+use super::subscriptions::{Control, Handler, Subscriptions};
 use super::{
     BoxFuture, Broker, BrokerError, Delivery, DeliverySink, Publication, PublishAck, Target,
 };
@@ -197,18 +194,6 @@ fn bump(c: &AtomicU64) -> bool {
 const ECHO_ID: u64 = 0;
 const BROADCAST_ID: u64 = 1;
 const FIRST_PATTERN_ID: u64 = 2;
-/// Messages handled per driver wake-up before it looks at its control
-/// channel again.
-const DRIVER_BATCH: usize = 128;
-
-enum Control {
-    Add {
-        id: u64,
-        pattern: Option<Pattern>,
-        sub: Subscriber,
-    },
-    Remove(Pattern),
-}
 
 struct Shared {
     prefix: String,
@@ -296,15 +281,13 @@ impl NatsBroker {
             stop: CancellationToken::new(),
             stats: Stats::default(),
         });
-        tokio::spawn(
+        tokio::spawn(Subscriptions::default().run(
+            control_rx,
+            shared.stop.clone(),
             Driver {
                 shared: shared.clone(),
-                streams: SelectAll::new(),
-                handles: FxHashMap::default(),
-                index: SubscriptionIndex::default(),
-            }
-            .run(control_rx),
-        );
+            },
+        ));
         tokio::spawn(start(shared.clone(), options, servers, events_rx));
         Ok(NatsBroker { shared })
     }
@@ -719,82 +702,13 @@ impl Broker for NatsBroker {
     }
 }
 
-/// One NATS subscription as a stream of (stream id, message).
-struct Tagged {
-    id: u64,
-    sub: Subscriber,
-}
-
-impl Stream for Tagged {
-    type Item = (u64, Message);
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let id = self.id;
-        self.sub.poll_next_unpin(cx).map(|m| m.map(|m| (id, m)))
-    }
-}
-
-/// Owns every subscription of the node and hands messages to the hub.
+/// Hands what the node's subscriptions receive to the hub.
 struct Driver {
     shared: Arc<Shared>,
-    streams: SelectAll<Abortable<Tagged>>,
-    handles: FxHashMap<Pattern, (u64, AbortHandle)>,
-    /// Which subscription serves each exact topic / wildcard pattern, for
-    /// picking the canonical subscription of a message.
-    index: SubscriptionIndex,
 }
 
-impl Driver {
-    async fn run(mut self, mut control: mpsc::UnboundedReceiver<Control>) {
-        let stop = self.shared.stop.clone();
-        loop {
-            tokio::select! {
-                biased;
-                _ = stop.cancelled() => break,
-                cmd = control.recv() => match cmd {
-                    Some(cmd) => self.apply(cmd),
-                    None => break,
-                },
-                Some((id, msg)) = self.streams.next(), if !self.streams.is_empty() => {
-                    self.handle(id, msg);
-                    // Take what else is ready in this wake-up. (`now_or_never`
-                    // polls with a no-op waker; the next `select!` round polls
-                    // the streams again with this task's waker before it sleeps.)
-                    for _ in 0..DRIVER_BATCH {
-                        match self.streams.next().now_or_never() {
-                            Some(Some((id, msg))) => self.handle(id, msg),
-                            _ => break,
-                        }
-                    }
-                }
-            }
-        }
-        // Dropping the streams unsubscribes.
-    }
-
-    fn apply(&mut self, cmd: Control) {
-        match cmd {
-            Control::Add { id, pattern, sub } => {
-                let (handle, reg) = AbortHandle::new_pair();
-                if let Some(p) = pattern {
-                    self.remove(&p);
-                    self.index.insert(&p, id);
-                    self.handles.insert(p, (id, handle));
-                }
-                self.streams.push(Abortable::new(Tagged { id, sub }, reg));
-            }
-            Control::Remove(p) => self.remove(&p),
-        }
-    }
-
-    fn remove(&mut self, p: &Pattern) {
-        if let Some((id, handle)) = self.handles.remove(p) {
-            handle.abort();
-            self.index.remove(p, id);
-        }
-    }
-
-    fn handle(&mut self, id: u64, msg: Message) {
+impl Handler for Driver {
+    fn handle(&mut self, index: &SubscriptionIndex, id: u64, msg: Message) {
         let stats = &self.shared.stats;
         if id == ECHO_ID {
             let token = std::str::from_utf8(&msg.payload)
@@ -822,7 +736,7 @@ impl Driver {
                 return;
             };
             // Only one subscription can match when no wildcard is held.
-            if !self.index.delivers(&topic, id) {
+            if !index.delivers(&topic, id) {
                 stats.duplicates_skipped.fetch_add(1, Ordering::Relaxed);
                 return;
             }
